@@ -1,0 +1,36 @@
+# Two commands: `make demo` (set up, then index the sample handbook and search it)
+# and `make test` (set up the dev environment, then run the whole test suite).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test bench clean
+
+# torch first, from the local CPU build: anything that depends on torch would otherwise pull CUDA.
+$(VENV)/.torch:
+	python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	bash examples/demo.sh
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.dev-installed
+	$(PY) benchmarks/retrieval.py --beir ../shared/data/scifact
+
+clean:
+	rm -rf $(VENV) .demo tests/artifacts

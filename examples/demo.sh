@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job on embedded defaults: index the sample handbook of a fictional observatory
+# (Markdown, HTML, PDF, DOCX and text) and search it. Run it twice: the second ingest is a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ragtune=".venv/bin/ragtune"
+ws=".demo"
+
+[ -f "$ws/ragtune.toml" ] || "$ragtune" init "$ws"
+echo; echo "== ragtune ingest examples/handbook"
+"$ragtune" ingest examples/handbook --workspace "$ws"
+echo; echo "== ragtune index stats"
+"$ragtune" index stats --workspace "$ws"
+for q in "Who founded the observatory?" \
+         "What is the maximum hotel rate per night in a capital city?" \
+         "What was the total income in the 2025 financial year?"; do
+  echo; echo "== ragtune search \"$q\" -k 3"
+  "$ragtune" search "$q" -k 3 --workspace "$ws"
+done
+echo; echo "== ragtune search \"wifi network name\" --mode bm25 --filter source='*.docx' -k 1"
+"$ragtune" search "wifi network name" --mode bm25 --filter 'source=*.docx' -k 1 --workspace "$ws"

@@ -1,0 +1,179 @@
+"""The workspace configuration (``ragtune.toml``), grouped by stage and validated.
+
+Each setting is a dataclass field whose ``metadata["doc"]`` is its one-line documentation;
+``render_toml`` writes the file that ``ragtune init`` creates from these same fields, so the
+documentation in the file cannot drift from the code. Validation errors name the key and what
+would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ragtune.errors import ConfigError
+
+CONFIG_FILE = "ragtune.toml"
+
+
+def _f(default: Any, doc: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class IngestConfig:
+    """Loading files and cutting them into chunks."""
+
+    include: list[str] = _f([], "Glob patterns of files to take from folders; empty = every supported type.")
+    exclude: list[str] = _f([".*", "**/.*", "**/.*/**", "**/node_modules/**"], "Glob patterns to skip (matched against the path relative to the folder).")
+    chunk_tokens: int = _f(256, "Most tokens per chunk (the embedder's tokenizer), title and heading path included.")
+    chunk_overlap: int = _f(32, "Tokens of trailing sentences repeated at the start of the next chunk of the same section.")
+    max_file_mb: float = _f(50.0, "Files larger than this are refused with a message (raise it for big corpora).")
+    record_id_field: str = _f("id", "JSON/JSONL records: field with the record id ('_id' is tried when this is missing).")
+    record_title_field: str = _f("title", "JSON/JSONL records: field with the title (optional in each record).")
+    record_text_field: str = _f("text", "JSON/JSONL records: field with the body text (required in each record).")
+    record_metadata_fields: list[str] = _f([], "JSON/JSONL records: fields kept as metadata; empty = every other scalar field.")
+
+
+@dataclass
+class EmbedConfig:
+    """Turning chunks and queries into vectors."""
+
+    model: str = _f("minilm", "Registry name (see `ragtune embedders`) or a local sentence-transformers folder.")
+    backend: Literal["torch", "onnx", "onnx-int8"] = _f("onnx-int8", "torch = sentence-transformers; onnx = ONNX Runtime fp32 (fused); onnx-int8 = dynamic int8 quantisation.")
+    batch_size: int = _f(64, "Texts per forward pass.")
+    threads: int = _f(0, "CPU threads for the embedder; 0 = all cores.")
+
+
+@dataclass
+class RetrieveConfig:
+    """Searching the index."""
+
+    mode: Literal["dense", "bm25", "hybrid"] = _f("hybrid", "dense = vectors, bm25 = keywords, hybrid = both fused by reciprocal rank.")
+    k: int = _f(5, "Results returned by a search.")
+    candidates: int = _f(50, "Hybrid: results taken from each retriever before fusion.")
+    rrf_k: int = _f(60, "Hybrid: the RRF constant (score = weight / (rrf_k + rank)).")
+    dense_weight: float = _f(1.0, "Hybrid: weight of the dense ranking in the fusion.")
+    bm25_weight: float = _f(1.0, "Hybrid: weight of the BM25 ranking in the fusion.")
+
+
+@dataclass
+class StoreConfig:
+    """Where chunks, vectors and the keyword index live."""
+
+    backend: Literal["lancedb"] = _f("lancedb", "Vector + full-text store; lancedb is embedded (no server).")
+    path: str = _f(".ragtune/index", "Store location, relative to the workspace folder.")
+
+
+@dataclass
+class Config:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = CONFIG_FILE) -> "Config":
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        for name in data:
+            if name not in sections:
+                raise ConfigError(f"{origin}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+        kwargs = {}
+        for name, f in sections.items():
+            table = data.get(name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{origin}: '{name}' must be a table ([{name}])")
+            kwargs[name] = _build_section(f.default_factory, table, f"{origin}: [{name}]")  # type: ignore[misc]
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or recreate it with `ragtune init --force`") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+        return cls.from_dict(data, origin=str(path))
+
+    def override(self, section: str, **values: Any) -> "Config":
+        """A copy with some settings replaced (CLI flags), validated like the file."""
+        current = dataclasses.asdict(self)
+        current[section].update({k: v for k, v in values.items() if v is not None})
+        return Config.from_dict(current, origin="options")
+
+
+def _build_section(cls: type, table: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{where} unknown key '{key}'; valid keys: {', '.join(fields)}")
+    values = {k: _check_value(f"{where} {k}", hints[k], v) for k, v in table.items()}
+    obj = cls(**values)
+    _check_ranges(obj, where)
+    return obj
+
+
+def _check_value(key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+_POSITIVE = {"chunk_tokens", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
+_NON_NEGATIVE = {"chunk_overlap", "threads", "dense_weight", "bm25_weight"}
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.name in _POSITIVE and v <= 0:
+            raise ConfigError(f"{where} {f.name} = {v} must be greater than 0")
+        if f.name in _NON_NEGATIVE and v < 0:
+            raise ConfigError(f"{where} {f.name} = {v} must be 0 or more")
+    if isinstance(obj, IngestConfig) and obj.chunk_overlap >= obj.chunk_tokens // 2:
+        raise ConfigError(f"{where} chunk_overlap = {obj.chunk_overlap} must be less than half of chunk_tokens ({obj.chunk_tokens})")
+
+
+def render_toml(config: Config | None = None) -> str:
+    """The documented ragtune.toml for ``config`` (defaults when None)."""
+    config = config or Config()
+    lines = ["# ragtune workspace settings. Every key is optional; shown here with its current value.", ""]
+    for section in dataclasses.fields(config):
+        obj = getattr(config, section.name)
+        lines.append(f"# {type(obj).__doc__.strip()}")
+        lines.append(f"[{section.name}]")
+        for f in dataclasses.fields(obj):
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,37 @@
+"""The exception types of ragtune.
+
+Library code raises these; the CLI turns each into one line on stderr and an exit code
+(never a traceback for a user mistake). Every message says what to do next.
+"""
+
+
+class RagtuneError(Exception):
+    """Base class: a problem the user can fix. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(RagtuneError):
+    """A setting in ragtune.toml or a flag has a wrong name, type or value."""
+
+    exit_code = 2
+
+
+class WorkspaceError(RagtuneError):
+    """No workspace where one is needed, or one where none should be."""
+
+
+class IndexMismatchError(RagtuneError):
+    """The index on disk was built with a different embedding model or format."""
+
+
+class EmbedderError(RagtuneError):
+    """An embedding model cannot be found or loaded."""
+
+
+class LoadError(RagtuneError):
+    """One input file cannot be read. Reported per file; the rest of an ingest still lands."""
+
+
+class DatasetError(RagtuneError):
+    """An evaluation dataset (BEIR folder, qrels) is missing a file or malformed."""

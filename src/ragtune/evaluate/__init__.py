@@ -1,0 +1,1 @@
+"""Evaluation: datasets (BEIR), retrieval metrics and the evaluation runs built on them."""

@@ -1,0 +1,1 @@
+"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default."""

@@ -1,0 +1,212 @@
+"""The LanceDB store: one table of chunks (text, provenance, vector) with a native BM25 index.
+
+Crash safety comes from Lance itself: every write is one atomic commit of a new table version,
+and readers open a version, never a half-written one. Each ingest batch is a single commit
+(``add``, or ``merge_insert`` that also deletes the replaced chunks of the same files), so a
+file is either fully in the index at its new content or still at its old one.
+
+Searches pin the latest committed version for their whole duration; dense search runs on an
+in-memory copy of that version's vectors (exact dot product, well under a millisecond for
+tens of thousands of chunks), BM25 on Lance's inverted index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragtune.errors import IndexMismatchError, WorkspaceError
+
+FORMAT_VERSION = 1
+TABLE = "chunks"
+FTS_COLUMN = "search_text"
+HIT_COLUMNS = ["id", "doc_id", "source", "title", "heading", "page", "start", "end", "text", "metadata"]
+IN_MEMORY_MAX_ROWS = 500_000  # above this, dense search goes to Lance instead of a numpy copy
+
+
+def schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("doc_id", pa.string()), ("source", pa.string()), ("file_key", pa.string()),
+        ("title", pa.string()), ("heading", pa.string()), ("page", pa.int32()), ("start", pa.int32()),
+        ("end", pa.int32()), ("n_tokens", pa.int32()), ("text", pa.string()), (FTS_COLUMN, pa.string()),
+        ("metadata", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class LanceStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = None
+        self._view = None  # table pinned at a version, for searching
+        self._view_version = -1
+        self._rows = None  # pyarrow table of that version (no vectors)
+        self._matrix: np.ndarray | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    def meta(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise WorkspaceError(f"{self.meta_path} is damaged; rebuild with `ragtune index rebuild`") from None
+
+    def exists(self) -> bool:
+        return self.meta() is not None
+
+    def ensure(self, model: str, model_id: str, dim: int) -> None:
+        """Create an empty index for this embedder, or check the existing one was built with it."""
+        meta = self.meta()
+        if meta is not None:
+            self.check(model_id)
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.db().create_table(TABLE, schema=schema(dim), exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "embed_model": model, "model_id": model_id, "dim": dim,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self.meta_path)  # written last: an index without meta.json is not an index
+
+    def check(self, model_id: str) -> None:
+        meta = self.require_meta()
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise IndexMismatchError(f"the index at {self.path} has format {meta.get('format_version')}, this ragtune reads {FORMAT_VERSION}: "
+                                     "rebuild it with `ragtune index rebuild`")
+        if meta["model_id"] != model_id:
+            raise IndexMismatchError(
+                f"the index was built with embedding model {meta['model_id']}, but the workspace is set to {model_id}. "
+                "Vectors of different models cannot be mixed: set [embed] back in ragtune.toml, or rebuild the index "
+                "with the new model: `ragtune index rebuild` (cached embeddings are reused)")
+
+    def require_meta(self) -> dict[str, Any]:
+        meta = self.meta()
+        if meta is None:
+            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first")
+        return meta
+
+    def drop(self) -> None:
+        if self.meta_path.exists():
+            self.meta_path.unlink()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = self._view = None
+
+    # -- writing ----------------------------------------------------------------------------
+    def db(self):
+        if self._db is None:
+            import lancedb
+            from datetime import timedelta
+
+            self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        return self._db
+
+    def table(self):
+        return self.db().open_table(TABLE)
+
+    def file_keys(self) -> dict[str, str]:
+        """{source: file_key} of everything committed."""
+        if not self.exists():
+            return {}
+        t = _scan(self.table(), ["source", "file_key"])
+        return dict(zip(t["source"].to_pylist(), t["file_key"].to_pylist()))
+
+    def commit(self, rows, replace_sources: set[str]) -> int:
+        """Add ``rows``; chunks of ``replace_sources`` not in ``rows`` go in the same commit."""
+        table = self.table()
+        if replace_sources:
+            cond = f"source IN ({', '.join(sql_str(s) for s in sorted(replace_sources))})"
+            (table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+             .when_not_matched_by_source_delete(cond).execute(rows))
+        else:
+            table.add(rows)
+        return table.version
+
+    def delete_sources(self, sources: list[str]) -> int:
+        table = self.table()
+        table.delete(f"source IN ({', '.join(sql_str(s) for s in sorted(sources))})")
+        return table.version
+
+    def finalize(self) -> int:
+        """Bring the keyword index up to date and compact small commits."""
+        from lancedb.index import FTS
+
+        table = self.table()
+        if table.count_rows() == 0:
+            return table.version
+        if not any(FTS_COLUMN in idx.columns for idx in table.list_indices()):
+            table.create_index(FTS_COLUMN, config=FTS(with_position=False))
+        else:
+            table.optimize()
+        return table.version
+
+    # -- reading ----------------------------------------------------------------------------
+    def version(self) -> int:
+        return self.table().version
+
+    def pin(self) -> None:
+        """Pin the latest committed version (reloading the in-memory copy when it moved)."""
+        latest = self.table()
+        if latest.version == self._view_version:
+            return
+        view = self.table()
+        view.checkout(latest.version)
+        self._view, self._view_version = view, latest.version
+        self._rows = self._matrix = None
+        if view.count_rows() <= IN_MEMORY_MAX_ROWS:
+            data = _scan(view, [*HIT_COLUMNS, "vector"])
+            dim = data.schema.field("vector").type.list_size
+            self._matrix = data["vector"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
+            self._rows = data.drop_columns(["vector"])
+
+    def dense(self, vector: np.ndarray, n: int, where: str | None = None) -> list[tuple[dict, float]]:
+        if self._view is None:
+            self.pin()
+        if self._matrix is not None and where is None:
+            scores = self._matrix @ vector
+            n = min(n, len(scores))
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            rows = self._rows.take(top).to_pylist()
+            return [(r, float(scores[i])) for r, i in zip(rows, top)]
+        q = self._view.search(vector, vector_column_name="vector").distance_type("cosine").limit(n).select(HIT_COLUMNS)
+        if where:
+            q = q.where(where, prefilter=True)
+        return [(r, 1.0 - r.pop("_distance")) for r in q.to_list()]
+
+    def bm25(self, query: str, n: int, where: str | None = None) -> list[tuple[dict, float]]:
+        if self._view is None:
+            self.pin()
+        q = self._view.search(query, query_type="fts", fts_columns=FTS_COLUMN).limit(n).select([*HIT_COLUMNS, "_score"])
+        if where:
+            q = q.where(where, prefilter=True)
+        return [(r, r.pop("_score")) for r in q.to_list()]
+
+    def stats(self) -> dict[str, Any]:
+        meta = self.require_meta()
+        t = self.table()
+        cols = _scan(t, ["doc_id", "source"])
+        return {"documents": len(set(zip(cols["source"].to_pylist(), cols["doc_id"].to_pylist()))),
+                "sources": len(set(cols["source"].to_pylist())), "chunks": cols.num_rows,
+                "model": meta["embed_model"], "model_id": meta["model_id"], "dim": meta["dim"],
+                "index_version": t.version, "format_version": meta["format_version"], "path": str(self.path)}
+
+
+def _scan(table, columns: list[str]):
+    """All rows of ``table`` (at its checked-out version), only ``columns``."""
+    return table.search().select(columns).limit(None).to_arrow()

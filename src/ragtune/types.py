@@ -1,0 +1,120 @@
+"""Plain data that crosses module borders: documents, chunks, hits, reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Block:
+    """A structural unit of a document (paragraph, list item, table row, code block).
+
+    ``start``/``end`` are character offsets into ``Document.text``; chunking never splits a
+    heading path, so each block carries the headings above it.
+    """
+
+    start: int
+    end: int
+    headings: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass
+class Document:
+    """Text extracted from one file (or one record of a JSONL file), with its structure."""
+
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    blocks: list[Block]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document small enough to embed, with full provenance."""
+
+    doc_id: str
+    source: str
+    title: str
+    headings: tuple[str, ...]
+    page: int | None
+    start: int
+    end: int
+    text: str
+    n_tokens: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def heading(self) -> str:
+        return " > ".join(self.headings)
+
+    @property
+    def embed_text(self) -> str:
+        """What is embedded and keyword-indexed: the title and heading path give context."""
+        prefix = " > ".join(h for h in (self.title, *self.headings) if h)
+        return f"{prefix}\n\n{self.text}" if prefix else self.text
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a chunk with its rank, score and provenance."""
+
+    rank: int
+    score: float
+    chunk_id: str
+    doc_id: str
+    source: str
+    title: str
+    heading: str
+    page: int | None
+    start: int
+    end: int
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Problem:
+    """One line of an ingest report: which input and why it was not (fully) ingested."""
+
+    path: str
+    reason: str
+    severity: str = "error"  # "error": nothing of it landed; "warning": it landed, with a caveat
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did. ``problems`` lists every file that was skipped and why."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_embedded: int = 0  # chunks whose vectors were computed (not taken from the cache)
+    seconds: float = 0.0
+    index_version: int | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+@dataclass
+class IndexStats:
+    documents: int
+    sources: int
+    chunks: int
+    model: str
+    model_id: str
+    dim: int
+    index_version: int
+    format_version: int
+    path: str

@@ -1,0 +1,125 @@
+"""A workspace is a folder with ``ragtune.toml`` and a ``.ragtune/`` state folder holding the
+index, the embedding cache and (later) models, runs and feedback.
+
+``Workspace`` is the Python API; every CLI command is a thin call into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from ragtune.config import CONFIG_FILE, Config, render_toml
+from ragtune.errors import WorkspaceError
+from ragtune.types import Hit, IndexStats, IngestReport
+
+STATE_DIR = ".ragtune"
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The workspace folder: ``start`` (or $RAGTUNE_WORKSPACE, or the current folder) or a parent of it."""
+    explicit = start is not None or "RAGTUNE_WORKSPACE" in os.environ
+    here = Path(start if start is not None else os.environ.get("RAGTUNE_WORKSPACE", ".")).expanduser().resolve()
+    candidates = [here] if explicit else [here, *here.parents]
+    for folder in candidates:
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    where = f"in {here}" if explicit else f"in {here} or its parents"
+    raise WorkspaceError(f"no ragtune workspace {where} (no {CONFIG_FILE}): run `ragtune init` there first, or pass --workspace DIR")
+
+
+class Workspace:
+    """``Workspace(path)`` opens an existing workspace; ``Workspace.init(path)`` creates one."""
+
+    def __init__(self, root: str | Path | None = None, config: Config | None = None) -> None:
+        self.root = find_root(root)
+        self.config = config or Config.load(self.root / CONFIG_FILE)
+        self._store = None
+        self._cache = None
+
+    @classmethod
+    def init(cls, folder: str | Path = ".", force: bool = False) -> "Workspace":
+        folder = Path(folder).expanduser().resolve()
+        config_path = folder / CONFIG_FILE
+        if config_path.exists() and not force:
+            raise WorkspaceError(f"{config_path} already exists; use --force to overwrite it with the defaults")
+        (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        config_path.write_text(render_toml(), encoding="utf-8")
+        return cls(folder)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    # -- components (built on first use: constructing a Workspace is cheap) ------------------
+    @property
+    def store(self):
+        if self._store is None:
+            from ragtune.store.lancedb import LanceStore
+
+            self._store = LanceStore(self.root / self.config.store.path)
+        return self._store
+
+    @property
+    def embedder(self):
+        from ragtune.embed import get_embedder
+
+        e = self.config.embed
+        return get_embedder(e.model, e.backend, e.batch_size, e.threads)
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            from ragtune.embed.cache import EmbeddingCache
+
+            self._cache = EmbeddingCache(self.state_dir / "cache" / "embeddings.sqlite")
+        return self._cache
+
+    # -- verbs -------------------------------------------------------------------------------
+    def ingest(self, paths: Iterable[str | Path] | None = None, progress=None) -> IngestReport:
+        """Index ``paths`` (files or folders); with no paths, refresh every folder/file ingested before."""
+        from ragtune.ingest.pipeline import ingest
+
+        roots = self._roots()
+        paths = [Path(p).expanduser().resolve() for p in paths] if paths else [Path(p) for p in roots]
+        if not paths:
+            raise WorkspaceError("nothing to ingest: give files or folders, e.g. `ragtune ingest docs/`")
+        report = ingest(paths, store=self.store, embedder=self.embedder, cache=self.cache,
+                        cfg=self.config.ingest, root=self.root, progress=progress)
+        self._save_roots(roots + [str(p) for p in paths if p.exists() and str(p) not in roots])
+        return report
+
+    def search(self, query: str, k: int | None = None, mode: str | None = None,
+               filters: list[str] | dict[str, str] | None = None) -> list[Hit]:
+        """Ranked chunks for ``query``; ``k``/``mode`` default to [retrieve] in ragtune.toml."""
+        from ragtune.retrieve import parse_filters, retrieve
+
+        r = self.config.retrieve
+        self.store.check(self.embedder.model_id)
+        return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, where=parse_filters(filters),
+                        candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight)
+
+    def stats(self) -> IndexStats:
+        return IndexStats(**self.store.stats())
+
+    def rebuild(self, progress=None) -> IngestReport:
+        """Drop the index and ingest everything again with the current settings (embeddings come from the cache)."""
+        if not self._roots():
+            raise WorkspaceError("no ingested paths are recorded: run `ragtune ingest PATH`")
+        self.store.drop()
+        return self.ingest(None, progress)
+
+    def _roots(self) -> list[str]:
+        try:
+            return json.loads((self.state_dir / "roots.json").read_text())
+        except (OSError, ValueError):
+            return []
+
+    def _save_roots(self, roots: list[str]) -> None:
+        path = self.state_dir / "roots.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(roots, indent=2))
+        os.replace(tmp, path)
