@@ -1,7 +1,7 @@
 """Token-aware, structure-following chunking.
 
-A document's blocks are grouped into sections (same heading path); a chunk never crosses a
-section. Inside a section, blocks are cut into sentences (and over-long sentences into token
+A document's blocks are grouped into sections (same heading path and page); a chunk never
+crosses a section, so its heading path and page are exact. Inside a section, blocks are cut into sentences (and over-long sentences into token
 windows), then packed greedily up to the token budget; the next chunk starts with the trailing
 sentences of the previous one, up to ``overlap`` tokens. Token counts come from the embedder's
 own tokenizer, and the title/heading prefix that is embedded with each chunk counts too.
@@ -38,7 +38,7 @@ class _Unit:
 def chunk_document(doc: Document, tokenizer: Tokenizer, max_tokens: int, overlap: int) -> list[Chunk]:
     """Cut ``doc`` into chunks of at most ``max_tokens`` tokens (prefix included)."""
     chunks: list[Chunk] = []
-    sections = [list(g) for _, g in itertools.groupby(doc.blocks, key=lambda b: b.headings)]
+    sections = [list(g) for _, g in itertools.groupby(doc.blocks, key=lambda b: (b.headings, b.page))]
     prefixes = [" > ".join(h for h in (doc.title, *s[0].headings) if h) for s in sections]
     prefix_tokens = [len(e.ids) + 1 if p else 0 for p, e in zip(prefixes, tokenizer.encode_batch(prefixes, add_special_tokens=False))]
     block_encodings = tokenizer.encode_batch([doc.text[b.start:b.end] for b in doc.blocks], add_special_tokens=False)

@@ -1,0 +1,48 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+REPO = Path(__file__).resolve().parent.parent
+HANDBOOK = REPO / "examples" / "handbook"
+RAGTUNE = [sys.executable, "-m", "ragtune.cli"]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    """A fresh workspace with default settings."""
+    from ragtune import Workspace
+
+    return Workspace.init(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def handbook_queries():
+    return json.loads((REPO / "examples" / "handbook-queries.json").read_text())
+
+
+@pytest.fixture
+def handbook_copy(tmp_path):
+    dest = tmp_path / "handbook"
+    shutil.copytree(HANDBOOK, dest, ignore=shutil.ignore_patterns("_*.py"))
+    return dest
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    """Run ``ragtune ARGS`` in a subprocess; returns the CompletedProcess (text)."""
+    return subprocess.run([*RAGTUNE, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def chunk_rows(ws):
+    """Every committed chunk row as a dict (no vectors)."""
+    from ragtune.store.lancedb import _scan
+
+    return _scan(ws.store.table(), ["id", "source", "doc_id", "file_key", "text", "start", "end"]).to_pylist()
