@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is bundled; never reach the Hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np
 from rich.console import Console
@@ -26,7 +27,7 @@ from ragtune.evaluate.retrieval import evaluate_beir
 
 MODES = ("bm25", "dense", "hybrid")  # bm25 first: it embeds no queries, so tokens_seen counts ingest only
 PACKAGES = ["ragtune", "lancedb", "onnxruntime", "torch", "sentence-transformers", "bm25s", "numpy"]
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def read_jsonl(path: Path):
@@ -164,7 +165,8 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor())
     flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
     return {"nproc": os.cpu_count(), "cpu_model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_at_start": os.getloadavg()}  # another busy process on the cores skews every timing
 
 
 def report_tables(res: dict) -> None:
@@ -174,7 +176,7 @@ def report_tables(res: dict) -> None:
     torch_modes = res["ragtune"].get("torch", {}).get("modes", {})
     for backend, r in res["ragtune"].items():
         for mode, m in r["modes"].items():
-            delta = f"{m['ndcg@10'] - torch_modes[mode]['ndcg@10']:+.4f}" if mode in torch_modes and mode != "bm25" else ""
+            delta = f"{m['ndcg@10'] - torch_modes[mode]['ndcg@10']:+.4f}" if backend != "torch" and mode in torch_modes and mode != "bm25" else ""
             q.add_row(f"ragtune {backend}", mode, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}", delta, f"{m['query_p50_ms']:.1f}")
     for name, b in res["baselines"].items():
         q.add_row(name, "bm25" if name == "bm25s" else "dense", f"{b['ndcg@10']:.4f}", f"{b['recall@100']:.4f}", f"{b['mrr@10']:.4f}", "", f"{b['p50_ms']:.1f}")
@@ -244,7 +246,10 @@ def main() -> None:
             console.print("[bold]peer[/]: LangChain + Chroma")
             res["peer"] = peer(args.peer_python, beir, work)
             res["peer_ingest_ratio"] = res["peer"]["ingest_s"] / res["ragtune"][main_backend]["ingest"]["ingest_s"]
-        res["wall_s"] = time.perf_counter() - started
+        torch_modes = res["ragtune"].get("torch", {}).get("modes", {})
+        res["ndcg_delta_vs_torch"] = {b: {m: r["modes"][m]["ndcg@10"] - torch_modes[m]["ndcg@10"] for m in ("dense", "hybrid")}
+                                      for b, r in res["ragtune"].items() if torch_modes and b != "torch"}
+        res["wall_s"], res["machine"]["loadavg_at_end"] = time.perf_counter() - started, os.getloadavg()
         args.out.mkdir(parents=True, exist_ok=True)
         tag = data.name + (f"-first{args.limit_docs}" if args.limit_docs else "")  # a smoke run never overwrites the real latest
         for name in (f"retrieval-{tag}-{stamp}.json", f"retrieval-{tag}-latest.json"):

@@ -210,6 +210,8 @@ class _RichProgress:
 
 
 def _print_report(report) -> None:
+    from rich.markup import escape
+
     c = _console()
     c.print(f"added {len(report.added)} · updated {len(report.updated)} · unchanged {len(report.unchanged)} · "
             f"removed {len(report.removed)} · {report.chunks_written} chunks written "
@@ -217,7 +219,7 @@ def _print_report(report) -> None:
             + (f" · index version {report.index_version}" if report.index_version is not None else ""))
     for p in report.problems:
         mark = "[red]✗[/]" if p.severity == "error" else "[yellow]![/]"
-        c.print(f"  {mark} {p.path}: {p.reason}", markup=True, highlight=False)
+        c.print(f"  {mark} {escape(p.path)}: {escape(p.reason)}", soft_wrap=True)
     if report.errors:
         c.print(f"[red]{len(report.errors)} file(s) not ingested[/]; everything else was committed")
 
@@ -226,7 +228,9 @@ def main() -> None:
     try:
         app()
     except RagtuneError as e:
-        _console(stderr=True).print(f"[red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted: committed work is kept; rerun the same command to finish")

@@ -34,6 +34,7 @@ class IngestConfig:
     exclude: list[str] = _f([".*", "**/.*", "**/.*/**", "**/node_modules/**"], "Glob patterns to skip (matched against the path relative to the folder).")
     chunk_tokens: int = _f(256, "Most tokens per chunk (the embedder's tokenizer), title and heading path included.")
     chunk_overlap: int = _f(32, "Tokens of trailing sentences repeated at the start of the next chunk of the same section.")
+    commit_chunks: int = _f(1024, "Chunks per index commit (whole files only); a killed ingest resumes from the last commit.")
     max_file_mb: float = _f(50.0, "Files larger than this are refused with a message (raise it for big corpora).")
     record_id_field: str = _f("id", "JSON/JSONL records: field with the record id ('_id' is tried when this is missing).")
     record_title_field: str = _f("title", "JSON/JSONL records: field with the title (optional in each record).")
@@ -139,7 +140,7 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-_POSITIVE = {"chunk_tokens", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
+_POSITIVE = {"chunk_tokens", "commit_chunks", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
 _NON_NEGATIVE = {"chunk_overlap", "threads", "dense_weight", "bm25_weight"}
 
 

@@ -25,7 +25,6 @@ from ragtune.ingest.loaders import file_type, load_file
 from ragtune.types import Chunk, IngestReport, Problem
 
 LOADER_VERSION = 1  # bump when loaders or the chunker change what they produce
-BATCH_CHUNKS = 1024  # chunks per commit (whole files: a big file makes a bigger batch)
 EMBED_STEP = 256  # texts per embedding call (and cache write)
 
 
@@ -81,7 +80,7 @@ def ingest(paths: Iterable[Path], *, store, embedder, cache: EmbeddingCache | No
             continue
         (report.updated if f.source in known else report.added).append(f.source)
         batch.append((f, chunks))
-        if sum(len(c) for _, c in batch) >= BATCH_CHUNKS:
+        if sum(len(c) for _, c in batch) >= cfg.commit_chunks:
             _commit(batch, store, embedder, cache, known, report, progress)
             batch = []
     if batch:
@@ -138,7 +137,7 @@ def _selected(rel: str, path: Path, cfg: IngestConfig) -> bool:
 
 
 def _settings_key(cfg: IngestConfig) -> str:
-    shaping = {k: v for k, v in asdict(cfg).items() if k not in ("include", "exclude", "max_file_mb")}
+    shaping = {k: v for k, v in asdict(cfg).items() if k not in ("include", "exclude", "max_file_mb", "commit_chunks")}
     return json.dumps({"loader": LOADER_VERSION, **shaping}, sort_keys=True)
 
 
