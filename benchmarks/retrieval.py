@@ -60,7 +60,7 @@ def ragtune_backend(beir: Path, split: str, backend: str, work: Path, peak: dict
     """Fresh workspace with ``[embed] backend``; ingest (empty embedding cache) and evaluate every mode."""
     parent = work / f"ws-{backend}"
     shutil.rmtree(parent, ignore_errors=True)  # ours; a leftover would hold a warm embedding cache
-    ws = ragtune.Workspace.init(parent)
+    ragtune.Workspace.init(parent)
     toml = parent / "ragtune.toml"
     lines = toml.read_text().splitlines()
     embed_at = lines.index("[embed]")
@@ -195,7 +195,7 @@ def report_tables(res: dict) -> None:
     if res.get("peer"):
         p = res["peer"]
         ing.add_row(f"langchain+chroma (x{res['peer_ingest_ratio']:.2f} ours)", f"{p['ingest_s']:.1f}", str(p["chunks"]), "", "", "", "")
-    lat = Table(title=f"Query latency, k=10, ragtune {res['latency_backend']} (query embedding included)")
+    lat = Table(title=f"Search k=10, {res['latency_backend']}, query embedding incl.")
     for c in ("mode", "p50 ms", "p95 ms", "p99 ms"):
         lat.add_column(c)
     for mode, m in res["latency_k10"].items():

@@ -3,8 +3,8 @@
 # (Markdown, HTML, PDF, DOCX and text) and search it. Run it twice: the second ingest is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ragtune=".venv/bin/ragtune"
-ws=".demo"
+ragtune="${RAGTUNE_BIN:-.venv/bin/ragtune}"
+ws="${RAGTUNE_DEMO_WS:-.demo}"
 
 [ -f "$ws/ragtune.toml" ] || "$ragtune" init "$ws"
 echo; echo "== ragtune ingest examples/handbook"

@@ -100,6 +100,8 @@ class OnnxEmbedder(Embedder):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
+        # no busy-waiting after a run: the cores go straight to the search that follows
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._cls = _pooling(self.folder) == "cls"

@@ -49,6 +49,7 @@ class LanceStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = None
+        self._latest = None  # table handle following the latest commit
         self._view = None  # table pinned at a version, for searching
         self._view_version = -1
         self._rows = None  # pyarrow table of that version (no vectors)
@@ -105,7 +106,8 @@ class LanceStore:
         if self.meta_path.exists():
             self.meta_path.unlink()
         shutil.rmtree(self.path, ignore_errors=True)
-        self._db = self._view = None
+        self._db = self._view = self._latest = None
+        self._view_version = -1
 
     # -- writing ----------------------------------------------------------------------------
     def db(self):
@@ -161,18 +163,21 @@ class LanceStore:
 
     def pin(self) -> None:
         """Pin the latest committed version (reloading the in-memory copy when it moved)."""
-        latest = self.table()
+        if self._latest is None:
+            self._latest = self.table()  # with read_consistency_interval=0 its version follows commits
+        latest = self._latest
         if latest.version == self._view_version:
             return
         view = self.table()
         view.checkout(latest.version)
         self._view, self._view_version = view, latest.version
-        self._rows = self._matrix = None
+        self._rows = self._matrix = self._position = None
         if view.count_rows() <= IN_MEMORY_MAX_ROWS:
             data = _scan(view, [*HIT_COLUMNS, "vector"])
             dim = data.schema.field("vector").type.list_size
             self._matrix = data["vector"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
-            self._rows = data.drop_columns(["vector"])
+            self._rows = data.drop_columns(["vector"]).combine_chunks()  # one chunk: take() is fast
+            self._position = {chunk_id: i for i, chunk_id in enumerate(self._rows["id"].to_pylist())}
 
     def dense(self, vector: np.ndarray, n: int, where: str | None = None) -> list[tuple[dict, float]]:
         if self._view is None:
@@ -192,10 +197,17 @@ class LanceStore:
     def bm25(self, query: str, n: int, where: str | None = None) -> list[tuple[dict, float]]:
         if self._view is None:
             self.pin()
-        q = self._view.search(query, query_type="fts", fts_columns=FTS_COLUMN).limit(n).select([*HIT_COLUMNS, "_score"])
+        q = self._view.search(query, query_type="fts", fts_columns=FTS_COLUMN).limit(n)
         if where:
             q = q.where(where, prefilter=True)
-        return [(r, r.pop("_score")) for r in q.to_list()]
+        if self._position is None:
+            return [(r, r.pop("_score")) for r in q.select([*HIT_COLUMNS, "_score"]).to_list()]
+        found = q.select(["id", "_score"]).to_arrow()  # rows come from the in-memory copy: half the time
+        import pyarrow as pa
+
+        positions = pa.array([self._position[i] for i in found["id"].to_pylist()], pa.int64())
+        rows = self._rows.take(positions).to_pylist()
+        return list(zip(rows, found["_score"].to_pylist()))
 
     def stats(self) -> dict[str, Any]:
         meta = self.require_meta()
