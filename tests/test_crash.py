@@ -106,7 +106,7 @@ def search_sees_whole_files(ws_dir, ref_counts) -> int:
 
     try:
         ws = Workspace(ws_dir)
-        hits = ws.search("site record about glaciers", k=5, mode="dense")
+        hits = ws.search("site record about glaciers", k=5, mode="hybrid")
     except WorkspaceError:  # nothing committed yet
         return 0
     counts = per_source([{**r, "source": r["source"].rsplit("/", 1)[-1]} for r in chunk_rows(ws)])

@@ -134,3 +134,35 @@ def test_stats(ws, tmp_path):
     s = ws.stats()
     assert (s.documents, s.sources, s.chunks) == (7, 6, report.chunks_written)
     assert s.model == "minilm" and s.dim == 384 and s.index_version == report.index_version
+
+
+def test_include_and_exclude_globs(ws, tmp_path):
+    docs = tmp_path / "docs"
+    make_all(docs)
+    (docs / "sub").mkdir()
+    (docs / "sub" / "deep.md").write_text("# Deep\n\nA nested markdown file about kelp forests.\n")
+    (docs / ".hidden.md").write_text("# Hidden\n\nShould never be indexed.\n")
+    ws.config = ws.config.override("ingest", include=["**/*.md"], exclude=[".*", "sub/*"])
+    report = ws.ingest([docs])
+    assert [s.rsplit("/", 1)[-1] for s in report.added] == ["guide.md"]
+    ws.config = ws.config.override("ingest", include=["**/*.md"], exclude=[".*"])
+    report = ws.ingest([docs])
+    assert [s.rsplit("/", 1)[-1] for s in report.added] == ["deep.md"]
+
+
+def test_oversized_file_in_a_batch(ws, tmp_path):
+    docs = tmp_path / "docs"
+    make_all(docs)
+    (docs / "huge.txt").write_text("lorem ipsum " * 200_000)
+    ws.config = ws.config.override("ingest", max_file_mb=1)
+    report = ws.ingest([docs])
+    [problem] = report.errors
+    assert problem.path.endswith("huge.txt") and "over ingest.max_file_mb = 1" in problem.reason
+    assert len(report.added) == 6
+
+
+def test_sources_inside_the_workspace_are_relative(ws):
+    docs = ws.root / "kb"
+    make_all(docs)
+    report = ws.ingest([docs])
+    assert "kb/guide.md" in report.added

@@ -43,6 +43,9 @@ def scratch_workspace(beir_dir: Path, scratch: Path | None, workspace: Path | No
 
 def evaluate_beir(beir_dir: Path, split: str = "test", mode: str | None = None, k: int = 100,
                   scratch: Path | None = None, workspace: Path | None = None, progress=None) -> dict[str, Any]:
+    from ragtune.ingest.pipeline import Quiet
+
+    progress = progress or Quiet()
     data = load_beir(beir_dir, split)
     ws = scratch_workspace(beir_dir, scratch, workspace)
     mode = mode or ws.config.retrieve.mode
@@ -59,7 +62,7 @@ def evaluate_beir(beir_dir: Path, split: str = "test", mode: str | None = None, 
     ws.config = ws.config.override("retrieve", candidates=n_chunks)
     queries = list(data.queries.items())
     ws.search(queries[0][1], k=n_chunks, mode=mode)  # warm-up: model and index loaded
-    task = progress.task("queries", len(queries)) if progress else None
+    task = progress.task("queries", len(queries))
     run: dict[str, list[str]] = {}
     latencies = []
     for qid, text in queries:
@@ -67,8 +70,7 @@ def evaluate_beir(beir_dir: Path, split: str = "test", mode: str | None = None, 
         hits = ws.search(text, k=n_chunks, mode=mode)
         latencies.append((time.perf_counter() - t) * 1000)
         run[qid] = list(dict.fromkeys(h.doc_id for h in hits))[:depth]
-        if progress:
-            progress.advance(task)
+        progress.advance(task)
     lat = np.array(latencies)
     return {
         "dataset": data.name, "split": split, "mode": mode, "queries": len(queries), "k": depth,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,15 +30,21 @@ EMBED_STEP = 256  # texts per embedding call (and cache write)
 
 
 class Progress(Protocol):
+    """What long-running verbs report; the CLI draws it with rich, the library default is silent."""
+
     def start(self, files: int) -> None: ...
     def file_done(self, source: str, chunks: int) -> None: ...
     def embedded(self, n: int) -> None: ...
+    def task(self, name: str, total: int) -> object: ...
+    def advance(self, task: object, n: int = 1) -> None: ...
 
 
-class _Quiet:
+class Quiet:
     def start(self, files: int) -> None: ...
     def file_done(self, source: str, chunks: int) -> None: ...
     def embedded(self, n: int) -> None: ...
+    def task(self, name: str, total: int) -> object: ...
+    def advance(self, task: object, n: int = 1) -> None: ...
 
 
 @dataclass
@@ -49,7 +56,7 @@ class _File:
 
 def ingest(paths: Iterable[Path], *, store, embedder, cache: EmbeddingCache | None, cfg: IngestConfig,
            root: Path, progress: Progress | None = None) -> IngestReport:
-    progress = progress or _Quiet()
+    progress = progress or Quiet()
     report = IngestReport()
     t0 = time.perf_counter()
     store.ensure(embedder.name, embedder.model_id, embedder.dim)
@@ -112,16 +119,19 @@ def _discover(paths: list[Path], cfg: IngestConfig, root: Path, report: IngestRe
 
 
 def source_name(path: Path, root: Path) -> str:
-    """How a file is named in the index: relative to the workspace when inside it, else absolute."""
+    """How a file is named in the index: relative to the workspace folder when it is inside it or
+    near it (at most two levels up, e.g. ``../docs/a.md`` for docs beside the workspace), else absolute."""
     path = path.resolve()
-    try:
-        return path.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+    rel = Path(os.path.relpath(path, root.resolve()))
+    if rel.parts[:3] != ("..", "..", ".."):
+        return rel.as_posix()
+    return path.as_posix()
 
 
 def _under(source: str, folder: str) -> bool:
-    return folder in ("", ".") or source.startswith(folder.rstrip("/") + "/")
+    if folder == ".":  # the workspace folder itself: everything named relative to it without '..'
+        return not source.startswith(("../", "/"))
+    return source.startswith(folder.rstrip("/") + "/")
 
 
 def _match(rel: str, pattern: str) -> bool:

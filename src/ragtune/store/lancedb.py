@@ -137,6 +137,8 @@ class LanceStore:
              .when_not_matched_by_source_delete(cond).execute(rows))
         else:
             table.add(rows)
+        if not self._has_fts(table):  # from the first commit on, BM25 works (new rows are scanned until indexed)
+            self._create_fts(table)
         return table.version
 
     def delete_sources(self, sources: list[str]) -> int:
@@ -146,16 +148,24 @@ class LanceStore:
 
     def finalize(self) -> int:
         """Bring the keyword index up to date and compact small commits."""
-        from lancedb.index import FTS
-
         table = self.table()
         if table.count_rows() == 0:
             return table.version
-        if not any(FTS_COLUMN in idx.columns for idx in table.list_indices()):
-            table.create_index(FTS_COLUMN, config=FTS(with_position=False))
+        if not self._has_fts(table):
+            self._create_fts(table)
         else:
             table.optimize()
         return table.version
+
+    @staticmethod
+    def _has_fts(table) -> bool:
+        return any(FTS_COLUMN in idx.columns for idx in table.list_indices())
+
+    @staticmethod
+    def _create_fts(table) -> None:
+        from lancedb.index import FTS
+
+        table.create_index(FTS_COLUMN, config=FTS(with_position=False))
 
     # -- reading ----------------------------------------------------------------------------
     def version(self) -> int:
@@ -171,6 +181,7 @@ class LanceStore:
         view = self.table()
         view.checkout(latest.version)
         self._view, self._view_version = view, latest.version
+        self._fts = self._has_fts(view)
         self._rows = self._matrix = self._position = None
         if view.count_rows() <= IN_MEMORY_MAX_ROWS:
             data = _scan(view, [*HIT_COLUMNS, "vector"])
@@ -189,7 +200,7 @@ class LanceStore:
             top = top[np.argsort(-scores[top], kind="stable")]
             rows = self._rows.take(top).to_pylist()
             return [(r, float(scores[i])) for r, i in zip(rows, top)]
-        q = self._view.search(vector, vector_column_name="vector").distance_type("cosine").limit(n).select(HIT_COLUMNS)
+        q = self._view.search(vector, vector_column_name="vector").distance_type("cosine").limit(n).select([*HIT_COLUMNS, "_distance"])
         if where:
             q = q.where(where, prefilter=True)
         return [(r, 1.0 - r.pop("_distance")) for r in q.to_list()]
@@ -197,6 +208,11 @@ class LanceStore:
     def bm25(self, query: str, n: int, where: str | None = None) -> list[tuple[dict, float]]:
         if self._view is None:
             self.pin()
+        if not self._fts:
+            if self._view.count_rows() == 0:
+                return []
+            raise WorkspaceError("the keyword (BM25) index is missing because the last ingest stopped early: "
+                                 "rerun `ragtune ingest`, or search with --mode dense")
         q = self._view.search(query, query_type="fts", fts_columns=FTS_COLUMN).limit(n)
         if where:
             q = q.where(where, prefilter=True)
