@@ -181,34 +181,7 @@ def _commit(batch, store, embedder, cache, known: dict[str, str], report: Ingest
         parts.append(vectors)
         report.chunks_embedded += computed
         progress.embedded(len(vectors))
-    rows = _rows(batch, np.concatenate(parts), store)
+    files = [(f.source, f.key, cs) for f, cs in batch]
     replaced = {f.source for f, _ in batch if f.source in known}
-    report.index_version = store.commit(rows, replaced)
+    report.index_version = store.commit(files, np.concatenate(parts), replaced)
     report.chunks_written += len(chunks)
-
-
-def _rows(batch, vectors, store):
-    import pyarrow as pa
-
-    from ragtune.store.lancedb import schema
-
-    cols: dict[str, list] = {name: [] for name in schema(vectors.shape[1]).names if name != "vector"}
-    for f, chunks in batch:
-        for i, c in enumerate(chunks):
-            cols["id"].append(f"{hashlib.sha1(f.source.encode()).hexdigest()[:12]}:{f.key[:12]}:{i}")
-            cols["doc_id"].append(c.doc_id)
-            cols["source"].append(c.source)
-            cols["file_key"].append(f.key)
-            cols["title"].append(c.title)
-            cols["heading"].append(c.heading)
-            cols["page"].append(c.page)
-            cols["start"].append(c.start)
-            cols["end"].append(c.end)
-            cols["n_tokens"].append(c.n_tokens)
-            cols["text"].append(c.text)
-            cols["search_text"].append(c.embed_text)
-            cols["metadata"].append(json.dumps(c.metadata, sort_keys=True))
-    sch = schema(vectors.shape[1])
-    arrays = [pa.array(cols[n], type=sch.field(n).type) for n in sch.names if n != "vector"]
-    arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]))
-    return pa.Table.from_arrays(arrays, schema=sch)

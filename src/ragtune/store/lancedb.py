@@ -12,6 +12,7 @@ tens of thousands of chunks), BM25 on Lance's inverted index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import IndexMismatchError, WorkspaceError
+from ragtune.types import Chunk
 
 FORMAT_VERSION = 1
 TABLE = "chunks"
@@ -128,8 +130,10 @@ class LanceStore:
         t = _scan(self.table(), ["source", "file_key"])
         return dict(zip(t["source"].to_pylist(), t["file_key"].to_pylist()))
 
-    def commit(self, rows, replace_sources: set[str]) -> int:
-        """Add ``rows``; chunks of ``replace_sources`` not in ``rows`` go in the same commit."""
+    def commit(self, files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray, replace_sources: set[str]) -> int:
+        """Add the chunks of ``files`` ((source, file key, chunks), vectors in the same order);
+        the old chunks of ``replace_sources`` go in the same commit."""
+        rows = _to_arrow(files, vectors)
         table = self.table()
         if replace_sources:
             cond = f"source IN ({', '.join(sql_str(s) for s in sorted(replace_sources))})"
@@ -238,3 +242,26 @@ class LanceStore:
 def _scan(table, columns: list[str]):
     """All rows of ``table`` (at its checked-out version), only ``columns``."""
     return table.search().select(columns).limit(None).to_arrow()
+
+
+def chunk_id(source: str, file_key: str, index: int) -> str:
+    """Ids carry the file's key: a changed file's new chunks never collide with its old ones."""
+    return f"{hashlib.sha1(source.encode()).hexdigest()[:12]}:{file_key[:12]}:{index}"
+
+
+def _to_arrow(files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray):
+    import pyarrow as pa
+
+    sch = schema(vectors.shape[1])
+    cols: dict[str, list] = {name: [] for name in sch.names if name != "vector"}
+    for source, key, chunks in files:
+        for i, c in enumerate(chunks):
+            row = {"id": chunk_id(source, key, i), "doc_id": c.doc_id, "source": source, "file_key": key,
+                   "title": c.title, "heading": c.heading, "page": c.page, "start": c.start, "end": c.end,
+                   "n_tokens": c.n_tokens, "text": c.text, FTS_COLUMN: c.embed_text,
+                   "metadata": json.dumps(c.metadata, sort_keys=True)}
+            for name, value in row.items():
+                cols[name].append(value)
+    arrays = [pa.array(cols[n], type=sch.field(n).type) for n in sch.names if n != "vector"]
+    arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]))
+    return pa.Table.from_arrays(arrays, schema=sch)
