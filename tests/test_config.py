@@ -12,7 +12,7 @@ def test_init_writes_documented_config_that_round_trips(tmp_path):
     ws = Workspace.init(tmp_path / "kb")
     text = (ws.root / "ragtune.toml").read_text()
     assert (ws.root / ".ragtune").is_dir()
-    for section in ("[ingest]", "[embed]", "[retrieve]", "[store]"):
+    for section in ("[ingest]", "[embed]", "[retrieve]", "[rag]", "[generate]", "[store]"):
         assert section in text
     # every key is preceded by its one-line documentation
     lines = text.splitlines()
@@ -52,7 +52,8 @@ def test_missing_workspace_says_how_to_create_one(tmp_path, monkeypatch):
     ({"ingest": {"chunk_tokens": 0}}, "chunk_tokens = 0 must be greater than 0"),
     ({"ingest": {"chunk_tokens": 100, "chunk_overlap": 60}}, "chunk_overlap = 60 must be less than half"),
     ({"embed": {"backend": "cuda"}}, "choose one of: torch, onnx, onnx-int8"),
-    ({"generate": {}}, "unknown section [generate]"),
+    ({"generation": {}}, "unknown section [generation]"),
+    ({"generate": {"backend": "vllm"}}, "choose one of: llamacpp, openai"),
 ])
 def test_config_errors_name_the_key_and_valid_values(data, message):
     with pytest.raises(ConfigError) as e:

@@ -21,7 +21,8 @@ def test_demo_script_indexes_and_finds_the_answers(tmp_path):
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "added 8 · updated 0 · unchanged 0" in out
-    for fact in ("founded in 1931 by Cornelius Vantreight", "240 credits per night", "18.4 million credits", "KRO-Skyline"):
+    for fact in ("founded in 1931 by Cornelius Vantreight", "240 credits per night", "18.4 million credits", "KRO-Skyline",
+                 "== ragtune ask", "G-114"):
         assert fact in " ".join(out.split()), fact
     second = subprocess.run(["bash", "examples/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert "added 0 · updated 0 · unchanged 8" in second.stdout

@@ -103,6 +103,97 @@ def print_hits(query: str, hits, console) -> None:
         console.print(f"     {escape(snippet)}")
 
 
+GenOpt = Annotated[Optional[str], typer.Option("--generator", "-g", help="llamacpp | openai (default: [generate] backend).", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model for the generator: smollm2, a .gguf file or an endpoint's model name.", show_default=False)]
+FilterOpt = Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="KEY=VALUE on source, doc_id, title, heading, page or meta.FIELD (repeatable).", show_default=False)]
+
+
+def _rag_workspace(workspace, generator, model):
+    ws = _workspace(workspace)
+    if generator or model:
+        ws.config = ws.config.override("generate", backend=generator, model=model)
+    return ws
+
+
+@app.command()
+def ask(question: Annotated[str, typer.Argument(help="The question.")],
+        k: Annotated[Optional[int], typer.Option("-k", "--top-k", help="Chunks retrieved (default: [retrieve] k).", show_default=False)] = None,
+        mode: ModeOpt = None, filter: FilterOpt = None, generator: GenOpt = None, model: ModelOpt = None,
+        stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+        show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact prompt sent to the model.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
+        workspace: WorkspaceOpt = None) -> None:
+    """Answer a question from the indexed documents, citing its sources."""
+    ws = _rag_workspace(workspace, generator, model)
+    answer = _answer(ws, question, stream and not as_json, k=k, mode=mode, filters=filter)
+    if as_json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    print_answer(answer, _console(), show_prompt, printed=stream)
+
+
+def _answer(ws, question: str, stream: bool, history=None, **kwargs):
+    s = ws.stream(question, history=history, **kwargs)
+    for piece in s:
+        if stream:
+            print(piece, end="", flush=True)
+    if stream and not s.answer.abstained:
+        print()
+    return s.answer
+
+
+def print_answer(answer, console, show_prompt: bool = False, printed: bool = False) -> None:
+    from rich.markup import escape
+
+    if show_prompt and answer.prompt:
+        console.rule("prompt")
+        console.print(escape(answer.prompt))
+        console.rule()
+    if not printed or answer.abstained:
+        console.print(escape(answer.text))
+    numbers = answer.citations or [s.number for s in answer.sources]
+    label = {"model": "Sources", "overlap": "Sources (matched by shared words; the model cited none)"}[answer.citation_method]
+    if answer.sources:
+        console.print(f"\n[bold]{label if answer.citations else 'Retrieved (none cited)'}[/]")
+    for s in answer.sources:
+        if s.number in numbers:
+            h = s.hit
+            where = " › ".join(p for p in (h.source, h.heading) if p) + (f" p.{h.page}" if h.page else "")
+            snippet = " ".join(h.text.split())[:160]
+            console.print(f"  [cyan][{s.number}][/] [green]{escape(where)}[/]\n      [dim]{escape(snippet)}…[/]")
+    if answer.dropped:
+        console.print(f"[dim]{len(answer.dropped)} retrieved chunk(s) left out to fit [rag] context_tokens = {answer.usage.get('context_budget')}[/]")
+    t, u = answer.timings, answer.usage
+    if not answer.abstained:
+        console.print(f"[dim]{answer.generator} · {u.get('prompt_tokens')} prompt + {u.get('completion_tokens')} answer tokens · "
+                      f"retrieve {t['retrieve_s'] * 1000:.0f} ms · first token {t['first_token_s']:.2f} s · total {t['total_s']:.2f} s[/]")
+
+
+@app.command()
+def chat(k: Annotated[Optional[int], typer.Option("-k", "--top-k", help="Chunks retrieved per turn.", show_default=False)] = None,
+         mode: ModeOpt = None, generator: GenOpt = None, model: ModelOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Multi-turn questions; follow-ups are rewritten into standalone queries before retrieval. Ctrl-D ends."""
+    from ragtune.rag.chain import standalone_question
+
+    ws = _rag_workspace(workspace, generator, model)
+    c = _console()
+    history: list[dict[str, str]] = []
+    c.print("[dim]Ask a question (empty line or Ctrl-D to end).[/]")
+    while True:
+        try:
+            question = input("you> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        query = standalone_question(ws, history, question)
+        if query != question:
+            c.print(f"[dim]searching for: {query}[/]")
+        answer = _answer(ws, query, stream=True, k=k, mode=mode, history=history[-4:])
+        print_answer(answer, c, printed=True)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+
+
 @index_app.command("stats")
 def index_stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
                 workspace: WorkspaceOpt = None) -> None:

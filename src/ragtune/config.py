@@ -65,6 +65,33 @@ class RetrieveConfig:
 
 
 @dataclass
+class RagConfig:
+    """Building the prompt from retrieved chunks (augmentation)."""
+
+    template: str = _f("default", "Prompt template: 'default' or a Jinja2 file (relative to the workspace); a line '---' splits system from user text.")
+    context_tokens: int = _f(768, "Most tokens of retrieved text in the prompt; lower-ranked chunks are dropped first (and reported).")
+    min_similarity: float = _f(0.2, "If no retrieved chunk has at least this cosine similarity to the question, answer 'I don't know' without generating.")
+
+
+@dataclass
+class GenerateConfig:
+    """Writing the answer."""
+
+    backend: Literal["llamacpp", "openai"] = _f("llamacpp", "llamacpp = a GGUF via llama-cpp-python; openai = any OpenAI-compatible HTTP endpoint.")
+    model: str = _f("smollm2", "'smollm2' (bundled SmolLM2-135M-Instruct GGUF), a .gguf file, or the endpoint's model name.")
+    context_size: int = _f(2048, "Context window in tokens (prompt + answer).")
+    max_tokens: int = _f(256, "Most tokens generated per answer.")
+    temperature: float = _f(0.0, "Sampling temperature; 0 = greedy (reproducible).")
+    top_p: float = _f(1.0, "Nucleus sampling threshold.")
+    seed: int = _f(0, "Random seed for sampling.")
+    threads: int = _f(0, "llamacpp: CPU threads; 0 = all cores.")
+    base_url: str = _f("http://127.0.0.1:8000/v1", "openai: the endpoint's base URL (OpenAI, vLLM, Ollama, llama.cpp server).")
+    api_key_env: str = _f("OPENAI_API_KEY", "openai: name of the environment variable holding the API key (never the key itself).")
+    timeout_s: float = _f(60.0, "openai: seconds to wait for a response.")
+    retries: int = _f(2, "openai: retries on connection errors and 429/5xx responses.")
+
+
+@dataclass
 class StoreConfig:
     """Where chunks, vectors and the keyword index live."""
 
@@ -77,6 +104,8 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
     @classmethod
@@ -140,8 +169,8 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-_POSITIVE = {"chunk_tokens", "commit_chunks", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
-_NON_NEGATIVE = {"chunk_overlap", "threads", "dense_weight", "bm25_weight"}
+_POSITIVE = {"chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
+_NON_NEGATIVE = {"chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

@@ -35,3 +35,7 @@ class LoadError(RagtuneError):
 
 class DatasetError(RagtuneError):
     """An evaluation dataset (BEIR folder, qrels) is missing a file or malformed."""
+
+
+class GeneratorError(RagtuneError):
+    """A generator cannot be loaded or reached, or its answer cannot be read."""

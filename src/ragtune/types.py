@@ -118,3 +118,40 @@ class IndexStats:
     index_version: int
     format_version: int
     path: str
+
+
+@dataclass
+class Source:
+    """A retrieved chunk as numbered in the prompt ([1], [2], ...)."""
+
+    number: int
+    hit: Hit
+    tokens: int
+
+
+@dataclass
+class Answer:
+    """Everything about one answer: the text, what it cites, what was retrieved and sent."""
+
+    question: str
+    text: str
+    citations: list[int]  # source numbers cited in the text, in order of first mention
+    sources: list[Source]  # what went into the prompt
+    dropped: list[Hit]  # retrieved but left out to fit the context budget (lowest ranks first to go)
+    messages: list[dict[str, str]]  # the chat messages
+    prompt: str  # the exact text the model saw (chat template applied where the backend exposes it)
+    abstained: bool  # True when nothing relevant was retrieved and no model was called
+    generator: str
+    usage: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    citation_method: str = "model"  # "model": [n] in the text; "overlap": attributed by shared words
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question, "text": self.text, "citations": self.citations,
+            "citation_method": self.citation_method, "abstained": self.abstained,
+            "generator": self.generator,
+            "sources": [{"number": s.number, "tokens": s.tokens, **s.hit.to_dict()} for s in self.sources],
+            "dropped": [h.to_dict() for h in self.dropped], "messages": self.messages, "prompt": self.prompt,
+            "usage": self.usage, "timings": self.timings,
+        }

@@ -101,6 +101,26 @@ class Workspace:
         return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, where=parse_filters(filters),
                         candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight)
 
+    @property
+    def generator(self):
+        from ragtune.generate import get_generator
+
+        return get_generator(self.config.generate, self.root)
+
+    def ask(self, question: str, k: int | None = None, mode: str | None = None,
+            filters: list[str] | dict[str, str] | None = None, history: list[dict[str, str]] | None = None):
+        """Retrieve, augment, generate: an ``Answer`` with citations, the exact prompt, usage and timings."""
+        from ragtune.rag.chain import ask
+
+        return ask(self, question, k=k, mode=mode, filters=filters, history=history)
+
+    def stream(self, question: str, k: int | None = None, mode: str | None = None,
+               filters: list[str] | dict[str, str] | None = None, history: list[dict[str, str]] | None = None):
+        """Like ``ask`` but iterate for text as it is generated; ``.answer`` is set at the end."""
+        from ragtune.rag.chain import AnswerStream, run
+
+        return AnswerStream(run(self, question, k=k, mode=mode, filters=filters, history=history))
+
     def stats(self) -> IndexStats:
         return IndexStats(**self.store.stats())
 

@@ -209,6 +209,12 @@ class LanceStore:
             q = q.where(where, prefilter=True)
         return [(r, 1.0 - r.pop("_distance")) for r in q.to_list()]
 
+    def similarities(self, vector: np.ndarray, chunk_ids: list[str]) -> list[float] | None:
+        """Cosine similarity of ``vector`` to each chunk (None when vectors are not held in memory)."""
+        if self._position is None:
+            return None
+        return [float(self._matrix[self._position[i]] @ vector) for i in chunk_ids if i in self._position]
+
     def bm25(self, query: str, n: int, where: str | None = None) -> list[tuple[dict, float]]:
         if self._view is None:
             self.pin()

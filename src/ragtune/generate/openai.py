@@ -1,0 +1,109 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server) over plain HTTP.
+
+Standard library only. The API key comes from the environment variable named in
+``[generate] api_key_env``, never from the config file. Connection errors, 429 and 5xx are
+retried ``retries`` times with exponential back-off; every failure ends in one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+from ragtune.errors import GeneratorError
+from ragtune.generate import Generator, Messages
+
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class OpenAIGenerator(Generator):
+    def __init__(self, cfg) -> None:
+        self.cfg, self.context_size, self.max_tokens = cfg, cfg.context_size, cfg.max_tokens
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.name = f"openai:{cfg.model}@{cfg.base_url}"
+        self.stream_tokens = True
+
+    def format(self, messages: Messages) -> str:
+        return json.dumps(messages, indent=2, ensure_ascii=False)  # sent as JSON; the server applies its template
+
+    def _body(self, messages: Messages, stream: bool) -> bytes:
+        c = self.cfg
+        body = {"model": c.model, "messages": messages, "max_tokens": c.max_tokens, "temperature": c.temperature,
+                "top_p": c.top_p, "seed": c.seed, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(body).encode()
+
+    def _open(self, messages: Messages, stream: bool):
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.cfg.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        for attempt in range(self.cfg.retries + 1):
+            request = urllib.request.Request(self.url, data=self._body(messages, stream), headers=headers, method="POST")
+            try:
+                return urllib.request.urlopen(request, timeout=self.cfg.timeout_s)
+            except urllib.error.HTTPError as e:
+                detail = e.read(300).decode("utf-8", "replace").strip()
+                if e.code in _RETRY_STATUS and attempt < self.cfg.retries:
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                hint = f"; set the key in ${self.cfg.api_key_env}" if e.code in (401, 403) else ""
+                raise GeneratorError(f"{self.url} answered HTTP {e.code}: {detail or e.reason}{hint}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt < self.cfg.retries:
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                reason = getattr(e, "reason", e)
+                raise GeneratorError(f"cannot reach {self.url} ({reason}) after {attempt + 1} tries; "
+                                     "start the server or fix [generate] base_url") from None
+
+    def _stream(self, messages: Messages) -> Iterator[str]:
+        if not self.stream_tokens:
+            yield from self._complete(messages)
+            return
+        prompt_tokens = completion_tokens = 0
+        with self._open(messages, stream=True) as response:
+            for raw in response:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = _parse(data, self.url)
+                usage = event.get("usage") or {}
+                prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                completion_tokens = usage.get("completion_tokens", completion_tokens)
+                for choice in event.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        yield piece
+        self._usage = (prompt_tokens, completion_tokens)
+
+    def _complete(self, messages: Messages) -> Iterator[str]:
+        with self._open(messages, stream=False) as response:
+            event = _parse(response.read().decode("utf-8", "replace"), self.url)
+        try:
+            text = event["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise GeneratorError(f"{self.url} answered JSON without choices[0].message.content: {str(event)[:200]}") from None
+        usage = event.get("usage") or {}
+        self._usage = (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        yield text
+
+
+def _parse(data: str, url: str) -> dict:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise GeneratorError(f"{url} answered something that is not JSON ({data[:120]!r}); is it an OpenAI-compatible endpoint?") from None
+    if not isinstance(event, dict):
+        raise GeneratorError(f"{url} answered JSON that is not an object ({data[:120]!r})")
+    if "error" in event:
+        raise GeneratorError(f"{url} reported an error: {str(event['error'])[:200]}")
+    return event

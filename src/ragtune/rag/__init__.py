@@ -1,0 +1,1 @@
+"""The RAG chain: retrieve -> augment -> generate, each step visible in the ``Answer``."""
