@@ -25,7 +25,6 @@ class OpenAIGenerator(Generator):
         self.cfg, self.context_size, self.max_tokens = cfg, cfg.context_size, cfg.max_tokens
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.name = f"openai:{cfg.model}@{cfg.base_url}"
-        self.stream_tokens = True
 
     def format(self, messages: Messages) -> str:
         return json.dumps(messages, indent=2, ensure_ascii=False)  # sent as JSON; the server applies its template
@@ -62,10 +61,15 @@ class OpenAIGenerator(Generator):
                 raise GeneratorError(f"cannot reach {self.url} ({reason}) after {attempt + 1} tries; "
                                      "start the server or fix [generate] base_url") from None
 
+    def generate(self, messages: Messages):
+        """One plain (non-streaming) request."""
+        self._stream = self._complete  # type: ignore[method-assign]
+        try:
+            return super().generate(messages)
+        finally:
+            del self._stream
+
     def _stream(self, messages: Messages) -> Iterator[str]:
-        if not self.stream_tokens:
-            yield from self._complete(messages)
-            return
         prompt_tokens = completion_tokens = 0
         with self._open(messages, stream=True) as response:
             for raw in response:
