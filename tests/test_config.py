@@ -53,7 +53,7 @@ def test_missing_workspace_says_how_to_create_one(tmp_path, monkeypatch):
     ({"ingest": {"chunk_tokens": 100, "chunk_overlap": 60}}, "chunk_overlap = 60 must be less than half"),
     ({"embed": {"backend": "cuda"}}, "choose one of: torch, onnx, onnx-int8"),
     ({"generation": {}}, "unknown section [generation]"),
-    ({"generate": {"backend": "vllm"}}, "choose one of: llamacpp, openai"),
+    ({"generate": {"backend": "vllm"}}, "choose one of: llamacpp, transformers, openai"),
 ])
 def test_config_errors_name_the_key_and_valid_values(data, message):
     with pytest.raises(ConfigError) as e:

@@ -87,8 +87,8 @@ def test_cli_ask_json_and_show_prompt(hb):
 
 @pytest.mark.parametrize("args, message", [
     (["ask", " "], "the question is empty"),
-    (["ask", "hi", "--generator", "gpt5"], "choose one of: llamacpp, openai"),
-    (["ask", "Who founded the observatory?", "--model", "/nonexistent/model.gguf"], "model file not found: /nonexistent/model.gguf"),
+    (["ask", "hi", "--generator", "gpt5"], "choose one of: llamacpp, transformers, openai"),
+    (["ask", "Who founded the observatory?", "--model", "/nonexistent/model.gguf"], "model not found: /nonexistent/model.gguf"),
 ])
 def test_ask_mistakes_are_one_line(hb, args, message):
     r = run_cli(*args, "--workspace", hb.root)

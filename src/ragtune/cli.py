@@ -103,8 +103,8 @@ def print_hits(query: str, hits, console) -> None:
         console.print(f"     {escape(snippet)}")
 
 
-GenOpt = Annotated[Optional[str], typer.Option("--generator", "-g", help="llamacpp | openai (default: [generate] backend).", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model for the generator: smollm2, a .gguf file or an endpoint's model name.", show_default=False)]
+GenOpt = Annotated[Optional[str], typer.Option("--generator", "-g", help="llamacpp | transformers | openai (default: [generate] backend).", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model for the generator: smollm2, a .gguf file, a HF folder or an endpoint's model name.", show_default=False)]
 FilterOpt = Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="KEY=VALUE on source, doc_id, title, heading, page or meta.FIELD (repeatable).", show_default=False)]
 
 

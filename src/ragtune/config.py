@@ -77,14 +77,15 @@ class RagConfig:
 class GenerateConfig:
     """Writing the answer."""
 
-    backend: Literal["llamacpp", "openai"] = _f("llamacpp", "llamacpp = a GGUF via llama-cpp-python; openai = any OpenAI-compatible HTTP endpoint.")
-    model: str = _f("smollm2", "'smollm2' (bundled SmolLM2-135M-Instruct GGUF), a .gguf file, or the endpoint's model name.")
+    backend: Literal["llamacpp", "transformers", "openai"] = _f("llamacpp", "llamacpp = a GGUF via llama-cpp-python; transformers = a local HF model (+ PEFT adapter); openai = any OpenAI-compatible HTTP endpoint.")
+    model: str = _f("smollm2", "'smollm2' (bundled SmolLM2-135M-Instruct GGUF), a .gguf file, a Hugging Face model folder, or the endpoint's model name.")
+    adapter: str = _f("", "transformers: a PEFT adapter folder applied on top of the model; empty = none.")
     context_size: int = _f(2048, "Context window in tokens (prompt + answer).")
     max_tokens: int = _f(256, "Most tokens generated per answer.")
     temperature: float = _f(0.0, "Sampling temperature; 0 = greedy (reproducible).")
     top_p: float = _f(1.0, "Nucleus sampling threshold.")
     seed: int = _f(0, "Random seed for sampling.")
-    threads: int = _f(0, "llamacpp: CPU threads; 0 = all cores.")
+    threads: int = _f(0, "llamacpp/transformers: CPU threads; 0 = all cores.")
     base_url: str = _f("http://127.0.0.1:8000/v1", "openai: the endpoint's base URL (OpenAI, vLLM, Ollama, llama.cpp server).")
     api_key_env: str = _f("OPENAI_API_KEY", "openai: name of the environment variable holding the API key (never the key itself).")
     timeout_s: float = _f(60.0, "openai: seconds to wait for a response.")

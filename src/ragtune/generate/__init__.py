@@ -3,6 +3,7 @@ with token counts and timings.
 
 ``get_generator(cfg)`` picks the backend named in ``[generate] backend``:
 ``llamacpp`` (any GGUF through llama-cpp-python; default: the bundled SmolLM2-135M-Instruct),
+``transformers`` (a Hugging Face folder or a GGUF loaded by transformers, plus a PEFT adapter),
 ``openai`` (any OpenAI-compatible HTTP endpoint). Each backend is one module; its heavy imports
 stay inside it.
 """
@@ -78,10 +79,10 @@ def _bundled_smollm2() -> Path:
 
 
 MODELS: dict[str, Callable[[], Path]] = {"smollm2": _bundled_smollm2}
-BACKENDS = ("llamacpp", "openai")
+BACKENDS = ("llamacpp", "transformers", "openai")
 
 
-def model_path(model: str, root: Path | None = None) -> Path:
+def model_path(model: str, root: Path | None = None, key: str = "model") -> Path:
     """A registry name or a path (relative to the workspace) to an existing model file or folder."""
     if model in MODELS:
         path = MODELS[model]()
@@ -90,7 +91,8 @@ def model_path(model: str, root: Path | None = None) -> Path:
         if not path.is_absolute() and root is not None:
             path = root / path
     if not path.exists():
-        raise GeneratorError(f"model file not found: {path}; set [generate] model to {', '.join(MODELS)} or an existing path")
+        raise GeneratorError(f"{key} not found: {path}; set [generate] {key} to an existing path"
+                             + (f" or one of: {', '.join(MODELS)}" if key == "model" else ""))
     return path
 
 
@@ -111,6 +113,12 @@ def _cached(values: tuple, root: str | None) -> Generator:
         from ragtune.generate.llamacpp import LlamaCppGenerator
 
         return LlamaCppGenerator(model_path(cfg.model, Path(root) if root else None), cfg, threads)
+    if cfg.backend == "transformers":
+        from ragtune.generate.transformers import TransformersGenerator
+
+        where = Path(root) if root else None
+        adapter = model_path(cfg.adapter, where, key="adapter") if cfg.adapter else None
+        return TransformersGenerator(model_path(cfg.model, where), cfg, threads, adapter)
     if cfg.backend == "openai":
         from ragtune.generate.openai import OpenAIGenerator
 

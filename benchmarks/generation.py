@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Generation benchmark, one run on one machine: the llamacpp generator's overhead over plain
+llama-cpp-python, end-to-end ``ask`` latency on a SciFact workspace next to retrieval + a raw
+prefill of the identical prompt, and the peak memory of a ``ragtune ask`` process.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/generation.py --beir ../shared/data/scifact \
+        [--repeats 3] [--queries 30] [--work DIR] [--limit-docs N]
+"""
+from __future__ import annotations
+
+import argparse, datetime, json, os, re, shutil, subprocess, sys, tempfile, time
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is bundled; never reach the Hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+from llama_cpp import Llama
+from rich.table import Table
+
+import ragtune
+from ragtune.config import CONFIG_FILE, GenerateConfig, render_toml
+from ragtune.evaluate.beir import load_beir
+from ragtune.evaluate.retrieval import scratch_workspace
+from ragtune.generate import _bundled_smollm2, get_generator
+from retrieval import console, machine, reduced_beir
+
+PACKAGES = ["ragtune", "llama-cpp-python", "lancedb", "onnxruntime", "numpy"]
+SYSTEM = "You are a concise assistant."
+
+
+def pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs, dtype=float)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean())}
+
+
+def handbook_prompts(gen, n: int = 5, lo: int = 300, hi: int = 800) -> list[list[dict[str, str]]]:
+    """``n`` "Summarise:" chats over consecutive slices of the handbook's markdown, lo..hi tokens of text."""
+    text = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(__file__).parents[1].glob("examples/handbook/*.md")))
+    tokens = gen.llm.tokenize(text.encode(), add_bos=False, special=False)
+    chats, at = [], 0
+    for size in np.linspace(lo, hi, n).astype(int):
+        body = gen.llm.detokenize(tokens[at:at + size]).decode("utf-8", errors="ignore")
+        at = at + size if at + 2 * hi < len(tokens) else 0
+        chats.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Summarise:\n\n{body}"}])
+    return chats
+
+
+def raw_run(llm: Llama, prompt: str, max_tokens: int) -> dict:
+    """Plain llama-cpp-python on a formatted prompt, cache reset: the whole prompt is prefilled."""
+    llm.reset()
+    t0 = time.perf_counter()
+    tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    first, parts = None, []
+    for chunk in llm.create_completion(tokens, max_tokens=max_tokens, temperature=0, stream=True):
+        piece = chunk["choices"][0]["text"]
+        if piece:
+            first = first if first is not None else time.perf_counter() - t0
+            parts.append(piece)
+    total, text = time.perf_counter() - t0, "".join(parts)
+    return {"prompt_tokens": len(tokens), "completion_tokens": len(llm.tokenize(text.encode(), add_bos=False, special=True)),
+            "first_token_s": first or total, "total_s": total, "text": text}
+
+
+def ours_run(gen, messages) -> dict:
+    gen.llm.reset()
+    g = gen.generate(messages)
+    return {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+            "first_token_s": g.first_token_s or g.total_s, "total_s": g.total_s, "text": g.text}
+
+
+def rates(runs: list[dict]) -> dict[str, float]:
+    """Token-weighted rates over all runs: prefill = prompt tokens / time to first token,
+    decode = tokens after the first / time after the first."""
+    decode_s = sum(r["total_s"] - r["first_token_s"] for r in runs)
+    return {"prefill_tok_s": sum(r["prompt_tokens"] for r in runs) / sum(r["first_token_s"] for r in runs),
+            "decode_tok_s": sum(max(r["completion_tokens"] - 1, 0) for r in runs) / decode_s if decode_s > 0 else 0.0,
+            "prompt_tokens_mean": float(np.mean([r["prompt_tokens"] for r in runs])),
+            "completion_tokens_mean": float(np.mean([r["completion_tokens"] for r in runs]))}
+
+
+def generator_overhead(gen, raw: Llama, repeats: int, max_tokens: int) -> dict:
+    """Each prompt ``repeats`` times through ours and raw, the order alternating to cancel drift."""
+    chats = handbook_prompts(gen)
+    ours_run(gen, chats[0]), raw_run(raw, gen.format(chats[0]), max_tokens)  # warm-up
+    runs: dict[str, list[dict]] = {"ours": [], "raw": []}
+    for r in range(repeats):
+        for i, messages in enumerate(chats):
+            sides = ("ours", "raw") if (r + i) % 2 == 0 else ("raw", "ours")
+            for side in sides:
+                runs[side].append(ours_run(gen, messages) if side == "ours" else raw_run(raw, gen.format(messages), max_tokens))
+    out = {side: rates(rs) for side, rs in runs.items()}
+    out["overhead_pct"] = {k: 100 * (out["raw"][k] / out["ours"][k] - 1) for k in ("prefill_tok_s", "decode_tok_s")}
+    out["same_text"] = sum(a["text"] == b["text"] for a, b in zip(runs["ours"], runs["raw"])) / len(runs["ours"])
+    out["prompts"], out["runs_per_side"] = len(chats), len(runs["ours"])
+    return out
+
+
+def scifact_workspace(beir: Path, work: Path, tag: str, threads: int, max_tokens: int) -> tuple[ragtune.Workspace, dict]:
+    """The corpus indexed in ``work/ws-TAG`` (reused when there) with the benchmark's RAG settings."""
+    data = load_beir(beir, "test")
+    ws = scratch_workspace(beir, work / f"ws-{tag}", None)
+    config = (ws.config.override("retrieve", k=5).override("generate", max_tokens=max_tokens, threads=threads)
+              .override("rag", context_tokens=1024, min_similarity=0.0))
+    (ws.root / CONFIG_FILE).write_text(render_toml(config))
+    ws = ragtune.Workspace(ws.root)
+    t0 = time.perf_counter()
+    report = ws.ingest([data.corpus])
+    stats = ws.stats()
+    return ws, {"path": str(ws.root), "ingest_s": time.perf_counter() - t0, "added": report.added,
+                "documents": stats.documents, "chunks": stats.chunks}
+
+
+def end_to_end(ws: ragtune.Workspace, raw: Llama, queries: list[str], max_tokens: int) -> dict:
+    """``ws.stream`` per query (timed from the call), then raw llama.cpp on the identical prompt."""
+    gen = ws.generator
+    for _ in ws.stream(queries[0]):  # warm-up: embedder, index and model loaded
+        pass
+    rows = []
+    for q in queries:
+        gen.llm.reset()
+        t0, first = time.perf_counter(), None
+        s = ws.stream(q)
+        for _ in s:
+            first = first if first is not None else time.perf_counter() - t0
+        total, a = time.perf_counter() - t0, s.answer
+        if a.abstained:
+            continue
+        r = raw_run(raw, a.prompt, max_tokens)
+        rows.append({"ttft_s": first or total, "total_s": total, "retrieve_s": a.timings["retrieve_s"],
+                     "prompt_tokens": a.usage["prompt_tokens"], "raw_prefill_s": r["first_token_s"], "raw_total_s": r["total_s"],
+                     "ratio": (first or total) / (a.timings["retrieve_s"] + r["first_token_s"]), "same_text": r["text"] == gen.last.text})
+    col = lambda k: [row[k] for row in rows]
+    return {"queries": len(queries), "answered": len(rows), "ours_ttft_s": pct(col("ttft_s")), "ours_total_s": pct(col("total_s")),
+            "retrieve_s": pct(col("retrieve_s")), "raw_prefill_s": pct(col("raw_prefill_s")), "raw_total_s": pct(col("raw_total_s")),
+            "ttft_ratio": pct(col("ratio")), "prompt_tokens_mean": float(np.mean(col("prompt_tokens"))),
+            "same_text": float(np.mean(col("same_text"))), "per_query": rows}
+
+
+def peak_memory(workspace: str, question: str) -> dict:
+    """Peak RSS of a ``ragtune ask`` subprocess (GNU time when installed, else getrusage of children)."""
+    exe = Path(sys.executable).with_name("ragtune")
+    cmd = [str(exe) if exe.exists() else "ragtune", "ask", question, "--workspace", workspace]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    if Path("/usr/bin/time").exists():
+        p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, check=True)
+        kb, how = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)), "/usr/bin/time -v"
+    else:
+        import resource
+
+        subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        kb, how = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "getrusage(RUSAGE_CHILDREN)"  # kB on Linux
+    return {"peak_rss_mb": kb / 1024, "wall_s": time.perf_counter() - t0, "method": how, "command": cmd}
+
+
+def report_tables(res: dict) -> None:
+    g = res["generator"]
+    t = Table(title=f"Generator overhead: {g['prompts']} prompts x {res['repeats']} runs, max_tokens {res['max_tokens']}, "
+                    f"{res['threads']} threads (same text {100 * g['same_text']:.0f}%)")
+    for c in ("side", "prompt tok", "completion tok", "prefill tok/s", "decode tok/s"):
+        t.add_column(c)
+    for side in ("ours", "raw"):
+        s = g[side]
+        t.add_row(side, f"{s['prompt_tokens_mean']:.0f}", f"{s['completion_tokens_mean']:.0f}", f"{s['prefill_tok_s']:.0f}", f"{s['decode_tok_s']:.1f}")
+    o = g["overhead_pct"]
+    t.add_row("overhead (target ≤ 3%)", "", "", f"{o['prefill_tok_s']:+.1f}%", f"{o['decode_tok_s']:+.1f}%")
+    e = res["end_to_end"]
+    w = res["workspace"]
+    e2e = Table(title=f"End-to-end ask: {e['answered']}/{e['queries']} queries, {w['documents']} docs in {w['chunks']} chunks, "
+                      f"k 5, mean prompt {e['prompt_tokens_mean']:.0f} tok (same text {100 * e['same_text']:.0f}%)")
+    for c in ("measure", "p50", "p95", "mean"):
+        e2e.add_column(c)
+    for label, key in (("ours TTFT ms", "ours_ttft_s"), ("ours total ms", "ours_total_s"), ("retrieval ms", "retrieve_s"),
+                       ("raw prefill ms", "raw_prefill_s"), ("raw total ms", "raw_total_s")):
+        e2e.add_row(label, *(f"{1000 * e[key][k]:.0f}" for k in ("p50", "p95", "mean")))
+    e2e.add_row("TTFT / (retrieval + raw prefill), target ≤ 1.1", *(f"{e['ttft_ratio'][k]:.3f}" for k in ("p50", "p95", "mean")))
+    console.print(t)
+    console.print(e2e)
+    m = res["memory"]
+    console.print(f"peak RSS of `ragtune ask`: {m['peak_rss_mb']:.0f} MB ({m['method']}, {m['wall_s']:.1f}s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--beir", type=Path, required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each overhead prompt per side")
+    ap.add_argument("--queries", type=int, default=30, help="SciFact test queries asked end to end")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads, ours and raw")
+    ap.add_argument("--limit-docs", type=int, help="smoke test: only the first N corpus documents")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--work", type=Path, help="folder for the scratch workspace (kept and reused); default: a temp dir")
+    args = ap.parse_args()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-genbench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        beir = reduced_beir(args.beir, "test", args.limit_docs, work / "data") if args.limit_docs else args.beir.resolve()
+        data = load_beir(beir, "test")
+        tag = data.name + (f"-first{args.limit_docs}" if args.limit_docs else "")  # a smoke run never overwrites the real latest
+        model = _bundled_smollm2()
+        res: dict = {"dataset": data.name, "limit_docs": args.limit_docs, "model": model.name, "repeats": args.repeats,
+                     "max_tokens": args.max_tokens, "threads": args.threads, "command": " ".join([sys.executable, *sys.argv]),
+                     "started_utc": stamp, "machine": machine(), "versions": {p: metadata.version(p) for p in PACKAGES}}
+        raw = Llama(model_path=str(model), n_ctx=2048, n_threads=args.threads, seed=0, verbose=False)
+        console.print(f"[bold]generator overhead[/]: ours vs raw llama-cpp-python, {args.repeats} repeats")
+        gen = get_generator(GenerateConfig(max_tokens=args.max_tokens, threads=args.threads))
+        res["generator"] = generator_overhead(gen, raw, args.repeats, args.max_tokens)
+        console.print(f"[bold]workspace[/]: {tag} in {work}")
+        ws, res["workspace"] = scifact_workspace(beir, work, tag, args.threads, args.max_tokens)
+        console.print(f"[bold]end-to-end ask[/]: {args.queries} queries, ours vs retrieval + raw prefill")
+        queries = list(data.queries.values())[:args.queries]
+        res["end_to_end"] = end_to_end(ws, raw, queries, args.max_tokens)
+        console.print("[bold]peak memory[/]: ragtune ask subprocess")
+        res["memory"] = peak_memory(str(ws.root), queries[0])
+        res["wall_s"], res["machine"]["loadavg_at_end"] = time.perf_counter() - started, os.getloadavg()
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in (f"generation-{tag}-{stamp}.json", f"generation-{tag}-latest.json"):
+            (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+        report_tables(res)
+        console.print(f"wrote {args.out / f'generation-{tag}-{stamp}.json'} (and -latest) in {res['wall_s']:.0f}s")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            console.print(f"scratch kept in {work}")
+
+
+if __name__ == "__main__":
+    main()

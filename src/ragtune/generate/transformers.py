@@ -1,0 +1,80 @@
+"""Any local Hugging Face causal LM — a model folder, or a GGUF file that transformers
+de-quantises on load (``gguf_file=``) — with an optional PEFT adapter on top. This is how
+fine-tuned models are served. Runs in fp32 on CPU (bf16 is slower without native support)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from ragtune.errors import GeneratorError
+from ragtune.generate import Generator, Messages
+
+
+class TransformersGenerator(Generator):
+    def __init__(self, path: Path, cfg, threads: int, adapter: Path | None = None) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        torch.set_num_threads(threads)
+        gguf = path.is_file() and path.suffix.lower() == ".gguf"
+        folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **extra)
+        except (OSError, ValueError) as e:
+            raise GeneratorError(f"cannot load {path} with transformers ({str(e).splitlines()[0]}); "
+                                 "give a Hugging Face model folder or a .gguf file") from None
+        if adapter is not None:
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, str(adapter))
+            except (OSError, ValueError) as e:
+                raise GeneratorError(f"cannot load the adapter {adapter} ({str(e).splitlines()[0]})") from None
+        if not self.tokenizer.chat_template:
+            raise GeneratorError(f"{path} has no chat template; pick an instruct/chat model")
+        self.model = model.eval()
+        self._torch = torch
+        self.cfg, self.context_size, self.max_tokens = cfg, cfg.context_size, cfg.max_tokens
+        self.name = f"transformers:{path.name}" + (f"+{adapter.name}" if adapter else "")
+
+    def format(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _stream(self, messages: Messages) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        ids = self.tokenizer(self.format(messages), add_special_tokens=False, return_tensors="pt").input_ids
+        if ids.shape[1] + 1 > self.context_size:
+            raise GeneratorError(f"the prompt has {ids.shape[1]} tokens, more than [generate] context_size = {self.context_size}")
+        c = self.cfg
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p} if c.temperature > 0 else {"do_sample": False}
+        self._torch.manual_seed(c.seed)
+        result: dict = {}
+
+        def work() -> None:
+            with self._torch.inference_mode():
+                try:
+                    result["out"] = self.model.generate(input_ids=ids, attention_mask=self._torch.ones_like(ids), streamer=streamer,
+                                                        max_new_tokens=min(c.max_tokens, self.context_size - ids.shape[1]),
+                                                        pad_token_id=self.tokenizer.eos_token_id, **sampling)
+                except Exception as e:  # surfaced in the caller's thread below
+                    result["error"] = e
+                    streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+        if "error" in result:
+            raise GeneratorError(f"generation failed: {result['error']}")
+        self._usage = (ids.shape[1], int(result["out"].shape[1] - ids.shape[1]))
