@@ -107,3 +107,28 @@ def test_generator_reports_tokens_and_timing(hb):
     out = g.generate([{"role": "user", "content": "Say hello."}])
     assert out.text and out.completion_tokens > 0 and out.prompt_tokens == g.count_tokens(out.prompt)
     assert 0 < out.first_token_s <= out.total_s
+
+
+def test_chat_rewrites_follow_ups(hb):
+    import os
+    import subprocess
+
+    from tests.conftest import RAGTUNE
+
+    r = subprocess.run([*RAGTUNE, "chat", "--workspace", str(hb.root)], input="Who founded the observatory?\nWhen was that?\n\n",
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert "Vantreight" in r.stdout
+    assert r.stdout.count("you> ") == 3  # two questions, then the empty line that ends the chat
+    assert "searching for:" in r.stdout  # the follow-up went through the rewrite step
+    assert "Traceback" not in r.stderr
+
+
+def test_standalone_question_uses_the_history(hb):
+    from ragtune.rag.chain import standalone_question
+
+    assert standalone_question(hb, [], "Who founded it?") == "Who founded it?"
+    history = [{"role": "user", "content": "Tell me about Kestrel Ridge Observatory."},
+               {"role": "assistant", "content": "It is an observatory on Mount Tavish."}]
+    rewritten = standalone_question(hb, history, "Who founded it?")
+    assert rewritten and rewritten != "Who founded it?" and len(rewritten) < 500

@@ -46,15 +46,15 @@ class Generator:
     def count_tokens(self, text: str) -> int:
         return len(text) // 4 + 1  # rough: ~4 characters per token when no tokenizer is at hand
 
-    def _stream(self, messages: Messages) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
         raise NotImplementedError
 
-    def stream(self, messages: Messages) -> Iterator[str]:
+    def stream(self, messages: Messages, max_tokens: int | None = None) -> Iterator[str]:
         """Yield the answer piece by piece; afterwards ``self.last`` holds the whole ``Generation``."""
         self._usage = (0, 0)
         t0 = time.perf_counter()
         first, parts = None, []
-        for piece in self._stream(messages):
+        for piece in self._stream(messages, max_tokens or self.max_tokens):
             if first is None:
                 first = time.perf_counter() - t0
             parts.append(piece)
@@ -63,8 +63,8 @@ class Generator:
         self.last = Generation("".join(parts), self.format(messages), prompt_tokens, completion_tokens, first,
                                time.perf_counter() - t0)
 
-    def generate(self, messages: Messages) -> Generation:
-        for _ in self.stream(messages):
+    def generate(self, messages: Messages, max_tokens: int | None = None) -> Generation:
+        for _ in self.stream(messages, max_tokens):
             pass
         return self.last
 

@@ -42,13 +42,13 @@ class LlamaCppGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def _stream(self, messages: Messages) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
         formatted = self._formatter(messages=messages)
         tokens = self.llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
         if len(tokens) + 1 > self.context_size:
             raise GeneratorError(f"the prompt has {len(tokens)} tokens, more than [generate] context_size = {self.context_size}")
         c = self.cfg
-        pieces = self.llm.create_completion(tokens, max_tokens=min(c.max_tokens, self.context_size - len(tokens)),
+        pieces = self.llm.create_completion(tokens, max_tokens=min(max_tokens, self.context_size - len(tokens)),
                                             temperature=c.temperature, top_p=c.top_p, seed=c.seed,
                                             stop=formatted.stop, stream=True)
         parts = []

@@ -15,7 +15,7 @@ import urllib.request
 from typing import Iterator
 
 from ragtune.errors import GeneratorError
-from ragtune.generate import Generator, Messages
+from ragtune.generate import Generation, Generator, Messages
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -29,21 +29,21 @@ class OpenAIGenerator(Generator):
     def format(self, messages: Messages) -> str:
         return json.dumps(messages, indent=2, ensure_ascii=False)  # sent as JSON; the server applies its template
 
-    def _body(self, messages: Messages, stream: bool) -> bytes:
+    def _body(self, messages: Messages, stream: bool, max_tokens: int) -> bytes:
         c = self.cfg
-        body = {"model": c.model, "messages": messages, "max_tokens": c.max_tokens, "temperature": c.temperature,
+        body = {"model": c.model, "messages": messages, "max_tokens": max_tokens, "temperature": c.temperature,
                 "top_p": c.top_p, "seed": c.seed, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body).encode()
 
-    def _open(self, messages: Messages, stream: bool):
+    def _open(self, messages: Messages, stream: bool, max_tokens: int):
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         for attempt in range(self.cfg.retries + 1):
-            request = urllib.request.Request(self.url, data=self._body(messages, stream), headers=headers, method="POST")
+            request = urllib.request.Request(self.url, data=self._body(messages, stream, max_tokens), headers=headers, method="POST")
             try:
                 return urllib.request.urlopen(request, timeout=self.cfg.timeout_s)
             except urllib.error.HTTPError as e:
@@ -61,17 +61,17 @@ class OpenAIGenerator(Generator):
                 raise GeneratorError(f"cannot reach {self.url} ({reason}) after {attempt + 1} tries; "
                                      "start the server or fix [generate] base_url") from None
 
-    def generate(self, messages: Messages):
-        """One plain (non-streaming) request."""
-        self._stream = self._complete  # type: ignore[method-assign]
-        try:
-            return super().generate(messages)
-        finally:
-            del self._stream
+    def generate(self, messages: Messages, max_tokens: int | None = None) -> Generation:
+        """One plain (non-streaming) request; time to first token is the whole time."""
+        t0 = time.perf_counter()
+        text, (prompt_tokens, completion_tokens) = self._complete(messages, max_tokens or self.max_tokens)
+        total = time.perf_counter() - t0
+        self.last = Generation(text, self.format(messages), prompt_tokens, completion_tokens, total, total)
+        return self.last
 
-    def _stream(self, messages: Messages) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
         prompt_tokens = completion_tokens = 0
-        with self._open(messages, stream=True) as response:
+        with self._open(messages, True, max_tokens) as response:
             for raw in response:
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
@@ -89,16 +89,15 @@ class OpenAIGenerator(Generator):
                         yield piece
         self._usage = (prompt_tokens, completion_tokens)
 
-    def _complete(self, messages: Messages) -> Iterator[str]:
-        with self._open(messages, stream=False) as response:
+    def _complete(self, messages: Messages, max_tokens: int) -> tuple[str, tuple[int, int]]:
+        with self._open(messages, False, max_tokens) as response:
             event = _parse(response.read().decode("utf-8", "replace"), self.url)
         try:
             text = event["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise GeneratorError(f"{self.url} answered JSON without choices[0].message.content: {str(event)[:200]}") from None
         usage = event.get("usage") or {}
-        self._usage = (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-        yield text
+        return text, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
 
 def _parse(data: str, url: str) -> dict:

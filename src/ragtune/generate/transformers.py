@@ -49,7 +49,7 @@ class TransformersGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _stream(self, messages: Messages) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
         ids = self.tokenizer(self.format(messages), add_special_tokens=False, return_tensors="pt").input_ids
@@ -65,7 +65,7 @@ class TransformersGenerator(Generator):
             with self._torch.inference_mode():
                 try:
                     result["out"] = self.model.generate(input_ids=ids, attention_mask=self._torch.ones_like(ids), streamer=streamer,
-                                                        max_new_tokens=min(c.max_tokens, self.context_size - ids.shape[1]),
+                                                        max_new_tokens=min(max_tokens, self.context_size - ids.shape[1]),
                                                         pad_token_id=self.tokenizer.eos_token_id, **sampling)
                 except Exception as e:  # surfaced in the caller's thread below
                     result["error"] = e

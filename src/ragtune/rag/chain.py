@@ -99,5 +99,5 @@ def standalone_question(ws, history: list[dict[str, str]], question: str) -> str
         return question
     convo = "\n".join(f"{m['role']}: {m['content']}" for m in history[-6:])
     messages = [{"role": "system", "content": REWRITE}, {"role": "user", "content": f"{convo}\nuser: {question}"}]
-    rewritten = ws.generator.generate(messages).text.strip().splitlines()
+    rewritten = ws.generator.generate(messages, max_tokens=48).text.strip().splitlines()
     return (rewritten[0].strip() if rewritten and rewritten[0].strip() else question)[:500]
