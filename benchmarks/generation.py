@@ -95,6 +95,7 @@ def generator_overhead(gen, raw: Llama, repeats: int, max_tokens: int) -> dict:
     out["overhead_pct"] = {k: 100 * (out["raw"][k] / out["ours"][k] - 1) for k in ("prefill_tok_s", "decode_tok_s")}
     out["same_text"] = sum(a["text"] == b["text"] for a, b in zip(runs["ours"], runs["raw"])) / len(runs["ours"])
     out["prompts"], out["runs_per_side"] = len(chats), len(runs["ours"])
+    out["per_run"] = {side: [{k: v for k, v in r.items() if k != "text"} for r in rs] for side, rs in runs.items()}
     return out
 
 
@@ -206,6 +207,8 @@ def main() -> None:
         res: dict = {"dataset": data.name, "limit_docs": args.limit_docs, "model": model.name, "repeats": args.repeats,
                      "max_tokens": args.max_tokens, "threads": args.threads, "command": " ".join([sys.executable, *sys.argv]),
                      "started_utc": stamp, "machine": machine(), "versions": {p: metadata.version(p) for p in PACKAGES}}
+        if res["machine"]["loadavg_at_start"][0] > 0.5 * (os.cpu_count() or 1):
+            console.print(f"[yellow]load average {res['machine']['loadavg_at_start'][0]:.1f}: llama.cpp timings on busy cores are not comparable[/]")
         raw = Llama(model_path=str(model), n_ctx=2048, n_threads=args.threads, seed=0, verbose=False)
         console.print(f"[bold]generator overhead[/]: ours vs raw llama-cpp-python, {args.repeats} repeats")
         gen = get_generator(GenerateConfig(max_tokens=args.max_tokens, threads=args.threads))

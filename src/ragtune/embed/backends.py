@@ -34,6 +34,15 @@ class Embedder:
         self.model_id = f"{name}/{backend}@{weights_hash(folder)[:16]}"
         self.tokens_seen = 0  # real (non-padding) tokens embedded, for throughput figures
         self.calls = 0
+        self._queries: dict[str, np.ndarray] = {}  # recent query vectors: search + rerank + abstain share one
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One text's vector, remembered for the next few calls (a question is embedded once per ask)."""
+        if text not in self._queries:
+            if len(self._queries) >= 64:
+                self._queries.pop(next(iter(self._queries)))
+            self._queries[text] = self.embed([text])[0]
+        return self._queries[text]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text (texts longer than the model's limit are truncated)."""

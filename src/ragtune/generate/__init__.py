@@ -59,9 +59,9 @@ class Generator:
                 first = time.perf_counter() - t0
             parts.append(piece)
             yield piece
+        total = time.perf_counter() - t0
         prompt_tokens, completion_tokens = self._usage
-        self.last = Generation("".join(parts), self.format(messages), prompt_tokens, completion_tokens, first,
-                               time.perf_counter() - t0)
+        self.last = Generation("".join(parts), self.format(messages), prompt_tokens, completion_tokens, first, total)
 
     def generate(self, messages: Messages, max_tokens: int | None = None) -> Generation:
         for _ in self.stream(messages, max_tokens):

@@ -21,12 +21,13 @@ def run(ws, question: str, *, k: int | None = None, mode: str | None = None, fil
     if not question.strip():
         raise ConfigError("the question is empty: ask something, e.g. ragtune ask \"what is the travel per diem?\"")
     cfg = ws.config
+    t_load = time.perf_counter()
+    generator = ws.generator  # loaded once per process; reported apart from the answer's own time
     t0 = time.perf_counter()
-    generator = ws.generator
     hits = ws.search(question, k=k, mode=mode, filters=filters)
-    sims = ws.store.similarities(ws.embedder.embed([question])[0], [h.chunk_id for h in hits]) if hits else []
+    sims = ws.store.similarities(ws.embedder.embed_query(question), [h.chunk_id for h in hits]) if hits else []
     t_retrieve = time.perf_counter() - t0
-    timings = {"retrieve_s": t_retrieve}
+    timings = {"load_s": t0 - t_load, "retrieve_s": t_retrieve}
     if not hits or (sims is not None and max(sims) < cfg.rag.min_similarity):
         return Answer(question, DONT_KNOW, [], [], hits, [], "", True, generator.name, {}, {**timings, "total_s": t_retrieve})
     template = load_template(cfg.rag.template, ws.root)

@@ -78,12 +78,12 @@ def retrieve(store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", w
         raise ConfigError("the query is empty: give some words to search for")
     store.pin()  # one committed version for the whole search
     if mode == "dense":
-        ranked = store.dense(embedder.embed([query])[0], k, where)
+        ranked = store.dense(embedder.embed_query(query), k, where)
     elif mode == "bm25":
         ranked = store.bm25(query, k, where)
     else:
         n = max(k, candidates)
-        ranked = rrf([store.dense(embedder.embed([query])[0], n, where), store.bm25(query, n, where)],
+        ranked = rrf([store.dense(embedder.embed_query(query), n, where), store.bm25(query, n, where)],
                      [dense_weight, bm25_weight], rrf_k)[:k]
     return [_hit(rank, row, score) for rank, (row, score) in enumerate(ranked[:k], start=1)]
 
