@@ -99,6 +99,45 @@ def generator_overhead(gen, raw: Llama, repeats: int, max_tokens: int) -> dict:
     return out
 
 
+def transformers_overhead(chats: list, repeats: int, max_tokens: int, threads: int) -> dict:
+    """The same comparison for our ``transformers`` generator on the same GGUF (de-quantised to fp32)
+    against plain ``model.generate``: prefill timed as a 1-token generation, then the whole answer."""
+    import torch
+    from ragtune.generate.transformers import TransformersGenerator
+
+    gen = TransformersGenerator(_bundled_smollm2(), GenerateConfig(backend="transformers", max_tokens=max_tokens), threads)
+    model, tok = gen.model, gen.tokenizer
+
+    def raw_hf(messages) -> dict:
+        ids = tok(gen.format(messages), add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False, pad_token_id=tok.eos_token_id)
+            t1 = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+            t2 = time.perf_counter()
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return {"prompt_tokens": ids.shape[1], "completion_tokens": int(out.shape[1] - ids.shape[1]),
+                "first_token_s": t1 - t0, "total_s": t2 - t1, "text": text}
+
+    def ours_hf(messages) -> dict:
+        g = gen.generate(messages)
+        return {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+                "first_token_s": g.first_token_s or g.total_s, "total_s": g.total_s, "text": g.text}
+
+    ours_hf(chats[0])  # warm-up
+    runs: dict[str, list[dict]] = {"ours": [], "raw": []}
+    for r in range(repeats):
+        for i, messages in enumerate(chats):
+            for side in (("ours", "raw") if (r + i) % 2 == 0 else ("raw", "ours")):
+                runs[side].append(ours_hf(messages) if side == "ours" else raw_hf(messages))
+    out = {side: rates(rs) for side, rs in runs.items()}
+    out["overhead_pct"] = {k: 100 * (out["raw"][k] / out["ours"][k] - 1) for k in ("prefill_tok_s", "decode_tok_s")}
+    out["same_text"] = sum(a["text"].strip() == b["text"].strip() for a, b in zip(runs["ours"], runs["raw"])) / len(runs["ours"])
+    out["prompts"], out["runs_per_side"] = len(chats), len(runs["ours"])
+    return out
+
+
 def scifact_workspace(beir: Path, work: Path, tag: str, threads: int, max_tokens: int) -> tuple[ragtune.Workspace, dict]:
     """The corpus indexed in ``work/ws-TAG`` (reused when there) with the benchmark's RAG settings."""
     data = load_beir(beir, "test")
@@ -194,7 +233,11 @@ def main() -> None:
     ap.add_argument("--limit-docs", type=int, help="smoke test: only the first N corpus documents")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--work", type=Path, help="folder for the scratch workspace (kept and reused); default: a temp dir")
+    ap.add_argument("--transformers", action="store_true",
+                    help="instead: our transformers generator vs plain model.generate on the same GGUF (writes generation-transformers-*.json)")
     args = ap.parse_args()
+    if args.transformers:
+        return transformers_main(args)
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-genbench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -231,6 +274,30 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             console.print(f"scratch kept in {work}")
+
+
+def transformers_main(args) -> None:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    started = time.perf_counter()
+    chats = handbook_prompts(get_generator(GenerateConfig(max_tokens=args.max_tokens, threads=args.threads)))
+    res = {"model": _bundled_smollm2().name, "repeats": args.repeats, "max_tokens": args.max_tokens, "threads": args.threads,
+           "command": " ".join([sys.executable, *sys.argv]), "started_utc": stamp, "machine": machine(),
+           "versions": {p: metadata.version(p) for p in [*PACKAGES, "transformers", "peft"] if p != "llama_cpp_python"}}
+    console.print(f"[bold]transformers generator overhead[/]: ours vs plain model.generate, {args.repeats} repeats")
+    res["transformers"] = t = transformers_overhead(chats, args.repeats, args.max_tokens, args.threads)
+    res["wall_s"], res["machine"]["loadavg_at_end"] = time.perf_counter() - started, os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in (f"generation-transformers-{stamp}.json", "generation-transformers-latest.json"):
+        (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+    table = Table(title=f"transformers (fp32) on the same GGUF: {t['prompts']} prompts x {args.repeats}, same text {100 * t['same_text']:.0f}%")
+    for c in ("side", "prompt tok", "completion tok", "prefill tok/s", "decode tok/s"):
+        table.add_column(c)
+    for side in ("ours", "raw"):
+        x = t[side]
+        table.add_row(side, f"{x['prompt_tokens_mean']:.0f}", f"{x['completion_tokens_mean']:.0f}", f"{x['prefill_tok_s']:.0f}", f"{x['decode_tok_s']:.1f}")
+    o = t["overhead_pct"]
+    table.add_row("overhead", "", "", f"{o['prefill_tok_s']:+.1f}%", f"{o['decode_tok_s']:+.1f}%")
+    console.print(table)
 
 
 if __name__ == "__main__":
