@@ -196,17 +196,23 @@ def peak_memory(workspace: str, question: str) -> dict:
     return {"peak_rss_mb": kb / 1024, "wall_s": time.perf_counter() - t0, "method": how, "command": cmd}
 
 
+def overhead_table(title: str, stats: dict, label: str) -> Table:
+    """Ours vs raw: tokens and rates per side, then our overhead in percent."""
+    table = Table(title=title)
+    for c in ("side", "prompt tok", "completion tok", "prefill tok/s", "decode tok/s"):
+        table.add_column(c)
+    for side in ("ours", "raw"):
+        x = stats[side]
+        table.add_row(side, f"{x['prompt_tokens_mean']:.0f}", f"{x['completion_tokens_mean']:.0f}", f"{x['prefill_tok_s']:.0f}", f"{x['decode_tok_s']:.1f}")
+    o = stats["overhead_pct"]
+    table.add_row(label, "", "", f"{o['prefill_tok_s']:+.1f}%", f"{o['decode_tok_s']:+.1f}%")
+    return table
+
+
 def report_tables(res: dict) -> None:
     g = res["generator"]
-    t = Table(title=f"Generator overhead: {g['prompts']} prompts x {res['repeats']} runs, max_tokens {res['max_tokens']}, "
-                    f"{res['threads']} threads (same text {100 * g['same_text']:.0f}%)")
-    for c in ("side", "prompt tok", "completion tok", "prefill tok/s", "decode tok/s"):
-        t.add_column(c)
-    for side in ("ours", "raw"):
-        s = g[side]
-        t.add_row(side, f"{s['prompt_tokens_mean']:.0f}", f"{s['completion_tokens_mean']:.0f}", f"{s['prefill_tok_s']:.0f}", f"{s['decode_tok_s']:.1f}")
-    o = g["overhead_pct"]
-    t.add_row("overhead (target ≤ 3%)", "", "", f"{o['prefill_tok_s']:+.1f}%", f"{o['decode_tok_s']:+.1f}%")
+    t = overhead_table(f"Generator overhead: {g['prompts']} prompts x {res['repeats']} runs, max_tokens {res['max_tokens']}, "
+                       f"{res['threads']} threads (same text {100 * g['same_text']:.0f}%)", g, "overhead (target ≤ 3%)")
     e = res["end_to_end"]
     w = res["workspace"]
     e2e = Table(title=f"End-to-end ask: {e['answered']}/{e['queries']} queries, {w['documents']} docs in {w['chunks']} chunks, "
@@ -289,15 +295,8 @@ def transformers_main(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in (f"generation-transformers-{stamp}.json", "generation-transformers-latest.json"):
         (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
-    table = Table(title=f"transformers (fp32) on the same GGUF: {t['prompts']} prompts x {args.repeats}, same text {100 * t['same_text']:.0f}%")
-    for c in ("side", "prompt tok", "completion tok", "prefill tok/s", "decode tok/s"):
-        table.add_column(c)
-    for side in ("ours", "raw"):
-        x = t[side]
-        table.add_row(side, f"{x['prompt_tokens_mean']:.0f}", f"{x['completion_tokens_mean']:.0f}", f"{x['prefill_tok_s']:.0f}", f"{x['decode_tok_s']:.1f}")
-    o = t["overhead_pct"]
-    table.add_row("overhead", "", "", f"{o['prefill_tok_s']:+.1f}%", f"{o['decode_tok_s']:+.1f}%")
-    console.print(table)
+    console.print(overhead_table(f"transformers (fp32) on the same GGUF: {t['prompts']} prompts x {args.repeats}, "
+                                 f"same text {100 * t['same_text']:.0f}%", t, "overhead"))
 
 
 if __name__ == "__main__":
