@@ -20,9 +20,11 @@ app = typer.Typer(help="RAG or fine-tuning? Build, measure and improve both, off
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 index_app = typer.Typer(help="Inspect and maintain the index.", no_args_is_help=True)
-eval_app = typer.Typer(help="Measure retrieval (and, later, answers).", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure retrieval and answers.", no_args_is_help=True)
+data_app = typer.Typer(help="Question sets and other data: import, validate.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.add_typer(data_app, name="data")
 
 WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace folder (default: the current folder or a parent with ragtune.toml).", show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", "-m", help="dense | bm25 | hybrid (default: [retrieve] mode).", show_default=False)]
@@ -253,6 +255,55 @@ def eval_retrieval(beir: Annotated[Path, typer.Option("--beir", help="BEIR folde
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
         c.print(f"  wrote {json_out}")
+
+
+@eval_app.command("qa")
+def eval_qa(qa: Annotated[Path, typer.Option("--qa", help="QA JSONL file (id, question, answers[, doc_ids, context, metadata]).")],
+            arm: Annotated[str, typer.Option("--arm", help="rag | closed-book")] = "rag",
+            k: Annotated[Optional[int], typer.Option("-k", help="Chunks retrieved per question (default: [retrieve] k).", show_default=False)] = None,
+            mode: ModeOpt = None, generator: GenOpt = None, model: ModelOpt = None,
+            limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.", show_default=False)] = None,
+            json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and every prediction (prompt, retrieved ids, answer) here.", show_default=False)] = None,
+            workspace: WorkspaceOpt = None) -> None:
+    """Answer a question set and score EM/F1/contains, evidence recall, citations, groundedness, latency."""
+    from ragtune.evaluate.qa import load_qa
+    from ragtune.evaluate.qa_eval import evaluate_qa
+
+    items = load_qa(qa)[:limit]
+    ws = _rag_workspace(workspace, generator, model)
+    with _RichProgress() as progress:
+        result = evaluate_qa(ws, items, arm=arm, k=k, mode=mode, progress=progress)
+    c = _console()
+    c.print(f"[bold]{qa.name}[/] · {result['questions']} questions · arm {arm} · {result['generator']}")
+    for name, value in result["metrics"].items():
+        if value is not None:
+            c.print(f"  {name:>22}: {value:.4f}" if isinstance(value, float) else f"  {name:>22}: {value}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        c.print(f"  wrote {json_out}")
+
+
+@data_app.command("import-squad")
+def data_import_squad(source: Annotated[Path, typer.Argument(help="SQuAD v1.1 JSON, or a folder with questions.jsonl.gz + contexts.jsonl.gz.")],
+                      out: Annotated[Path, typer.Option("--out", "-o", help="QA JSONL to write.")],
+                      contexts: Annotated[Optional[Path], typer.Option("--contexts", help="Split folder only: also write its paragraphs as ingestable JSONL here.", show_default=False)] = None) -> None:
+    """Convert SQuAD into the QA JSONL format (gold doc ids = paragraph ids)."""
+    from ragtune.evaluate.qa import from_squad, squad_contexts, write_qa
+
+    n = write_qa(from_squad(source), out)
+    _console().print(f"wrote {n} questions to {out}")
+    if contexts:
+        _console().print(f"wrote {squad_contexts(source, contexts)} paragraphs to {contexts} (ingest it: ragtune ingest {contexts})")
+
+
+@data_app.command("validate")
+def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file.")]) -> None:
+    """Check a QA JSONL file; problems are listed by line."""
+    from ragtune.evaluate.qa import load_qa
+
+    items = load_qa(path)
+    _console().print(f"{path}: {len(items)} questions, {sum(bool(i.doc_ids) for i in items)} with gold doc ids — OK")
 
 
 @app.callback(invoke_without_command=True)

@@ -155,3 +155,15 @@ class Answer:
             "dropped": [h.to_dict() for h in self.dropped], "messages": self.messages, "prompt": self.prompt,
             "usage": self.usage, "timings": self.timings,
         }
+
+
+@dataclass
+class QAItem:
+    """One evaluation question: gold answers and, optionally, the gold evidence."""
+
+    id: str
+    question: str
+    answers: list[str]
+    doc_ids: list[str] = field(default_factory=list)
+    context: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,128 @@
+"""Question sets: a QA JSONL format, validated with row-numbered errors, and importers.
+
+One JSON object per line::
+
+    {"id": "q1", "question": "...", "answers": ["...", "..."],
+     "doc_ids": ["..."], "context": "...", "metadata": {...}}     # the last three optional
+
+``doc_ids`` name the gold documents (their ``doc_id`` in the index); ``context`` is the gold
+evidence text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from ragtune.errors import DatasetError
+from ragtune.types import QAItem
+
+MAX_ERRORS = 10
+
+
+def load_qa(path: Path) -> list[QAItem]:
+    """Read and validate a QA JSONL file; all problems are reported together, by line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file (a QA JSONL file: one {{\"id\", \"question\", \"answers\"}} object per line)")
+    items, errors, seen = [], [], set()
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = _item(json.loads(line), n)
+            except json.JSONDecodeError as e:
+                errors.append(f"line {n}: not valid JSON ({e.msg})")
+                continue
+            except ValueError as e:
+                errors.append(str(e))
+                continue
+            if item.id in seen:
+                errors.append(f"line {n}: duplicate id {item.id!r}")
+            seen.add(item.id)
+            items.append(item)
+    if errors:
+        more = f" (and {len(errors) - MAX_ERRORS} more)" if len(errors) > MAX_ERRORS else ""
+        raise DatasetError(f"{path}: {len(errors)} bad row(s){more}:\n  " + "\n  ".join(errors[:MAX_ERRORS]))
+    if not items:
+        raise DatasetError(f"{path}: no questions in the file")
+    return items
+
+
+def _item(row: Any, n: int) -> QAItem:
+    if not isinstance(row, dict):
+        raise ValueError(f"line {n}: expected a JSON object, got {type(row).__name__}")
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"line {n}: missing or empty 'question'")
+    answers = row.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"line {n}: 'answers' must be a non-empty list of non-empty strings")
+    doc_ids = row.get("doc_ids", [])
+    if not isinstance(doc_ids, list) or not all(isinstance(d, (str, int)) for d in doc_ids):
+        raise ValueError(f"line {n}: 'doc_ids' must be a list of ids")
+    context = row.get("context")
+    if context is not None and not isinstance(context, str):
+        raise ValueError(f"line {n}: 'context' must be a string")
+    metadata = row.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"line {n}: 'metadata' must be an object")
+    return QAItem(str(row.get("id", n)), question.strip(), answers, [str(d) for d in doc_ids], context, metadata)
+
+
+def write_qa(items: Iterable[QAItem], path: Path) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for it in items:
+            row = {"id": it.id, "question": it.question, "answers": it.answers}
+            row.update({k: v for k, v in (("doc_ids", it.doc_ids), ("context", it.context), ("metadata", it.metadata)) if v})
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def from_squad(source: Path) -> list[QAItem]:
+    """SQuAD v1.1 JSON (``data`` -> ``paragraphs`` -> ``qas``) or the split folder with
+    ``questions.jsonl.gz`` + ``contexts.jsonl.gz``. Gold doc ids are paragraph ids
+    (``<title>#p<index>``, as in ``contexts.jsonl.gz``), so the paragraphs can be ingested as records."""
+    source = Path(source)
+    if source.is_dir():
+        questions = source / "questions.jsonl.gz"
+        if not questions.exists():
+            raise DatasetError(f"{source} has no questions.jsonl.gz (expected the SQuAD split folder)")
+        with gzip.open(questions, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [QAItem(r["id"], r["question"], _dedupe(a["text"] for a in r["answers"]), [r["context_id"]], r["context"],
+                       {"title": r["title"]}) for r in rows]
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DatasetError(f"{source}: not a SQuAD JSON file (expected {{\"data\": [{{\"title\", \"paragraphs\"}}]}})") from None
+    items = []
+    for article in data:
+        for p, para in enumerate(article["paragraphs"]):
+            for qa in para["qas"]:
+                items.append(QAItem(qa["id"], qa["question"], _dedupe(a["text"] for a in qa["answers"]),
+                                    [f"{article['title']}#p{p}"], para["context"], {"title": article["title"]}))
+    return items
+
+
+def squad_contexts(source: Path, out: Path) -> int:
+    """The SQuAD split folder's paragraphs as an ingestable JSONL (``id``, ``title``, ``text``)."""
+    n = 0
+    with gzip.open(Path(source) / "contexts.jsonl.gz", "rt", encoding="utf-8") as f, open(out, "w", encoding="utf-8") as o:
+        for line in f:
+            r = json.loads(line)
+            o.write(json.dumps({"id": r["context_id"], "title": r["title"], "text": r["context"]}, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _dedupe(answers: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(a for a in answers if a.strip()))
