@@ -5,17 +5,14 @@ generative answers, abstention, and lexical groundedness."""
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
+from ragtune.text import content_words, normalize
+
 ABSTAIN = re.compile(r"\b(i don'?t know|i do not know|cannot answer|can't answer|not (?:mentioned|provided) in)\b", re.I)
 
 
-def normalize_answer(s: str) -> str:
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", s).split())
+normalize_answer = normalize  # the official SQuAD normalisation (tested against its script)
 
 
 def exact_match(prediction: str, gold: str) -> float:
@@ -47,14 +44,10 @@ def abstained(prediction: str) -> bool:
     return bool(ABSTAIN.search(prediction))
 
 
-_STOP = frozenset("a an the and or of to in on for with is are was were be been by at as it its this that from which "
-                  "who what when where how why has have had not no yes i you he she they we their there than then".split())
-
-
 def groundedness(prediction: str, context: str) -> float | None:
     """Lexical support: the share of the answer's content words (normalised, stop words out) that
     occur in the retrieved context. None for an answer without content words."""
-    words = [w for w in normalize_answer(prediction).split() if w not in _STOP]
+    words = content_words(prediction)
     if not words:
         return None
     ctx = set(normalize_answer(context).split())

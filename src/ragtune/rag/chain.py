@@ -9,6 +9,7 @@ from typing import Generator as Gen
 
 from ragtune.errors import ConfigError
 from ragtune.rag.prompt import load_template, pack, render
+from ragtune.text import content_words
 from ragtune.types import Answer
 
 DONT_KNOW = "I don't know: nothing in the indexed documents matches the question closely enough."
@@ -53,21 +54,12 @@ def run(ws, question: str, *, k: int | None = None, mode: str | None = None, fil
                   usage, timings, citation_method=method)
 
 
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]+")
-_STOP = frozenset("the a an and or of to in on for with is are was were be by at as it its this that from which who "
-                  "what when where how why has have had not no yes you your their there than then".split())
-
-
-def _words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text) if w.lower() not in _STOP}
-
-
 def attribute(text: str, sources) -> list[int]:
     """Sources that share most of the answer's content words (at least 30%; at most two)."""
-    words = _words(text)
+    words = set(content_words(text))
     if not words:
         return []
-    scores = sorted(((len(words & _words(s.hit.text)) / len(words), s.number) for s in sources), reverse=True)
+    scores = sorted(((len(words & set(content_words(s.hit.text))) / len(words), s.number) for s in sources), reverse=True)
     best = scores[0][0] if scores else 0
     return [n for score, n in scores[:2] if best >= 0.3 and score >= 0.8 * best]
 
