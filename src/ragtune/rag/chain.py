@@ -29,7 +29,7 @@ def run(ws, question: str, *, k: int | None = None, mode: str | None = None, fil
     sims = ws.store.similarities(ws.embedder.embed_query(question), [h.chunk_id for h in hits]) if hits else []
     t_retrieve = time.perf_counter() - t0
     timings = {"load_s": t0 - t_load, "retrieve_s": t_retrieve}
-    if not hits or (sims is not None and max(sims) < cfg.rag.min_similarity):
+    if not hits or (sims and max(sims) < cfg.rag.min_similarity):
         return Answer(question, DONT_KNOW, [], [], hits, [], "", True, generator.name, {}, {**timings, "total_s": t_retrieve})
     template = load_template(cfg.rag.template, ws.root)
     overhead = generator.count_tokens(generator.format(render(template, question, [], history)))
