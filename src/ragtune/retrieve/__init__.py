@@ -7,14 +7,14 @@ score = sum over retrievers of weight / (rrf_k + rank).
 from __future__ import annotations
 
 import json
-from typing import Literal
+import typing
 
+from ragtune.config import RetrieveMode
 from ragtune.errors import ConfigError
 from ragtune.store.lancedb import sql_str
 from ragtune.types import Hit
 
-Mode = Literal["dense", "bm25", "hybrid"]
-MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
+MODES: tuple[str, ...] = typing.get_args(RetrieveMode)
 COLUMN_FILTERS = {"source": "string", "doc_id": "string", "title": "string", "heading": "string", "page": "int"}
 
 
