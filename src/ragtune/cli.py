@@ -22,9 +22,13 @@ app = typer.Typer(help="RAG or fine-tuning? Build, measure and improve both, off
 index_app = typer.Typer(help="Inspect and maintain the index.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure retrieval and answers.", no_args_is_help=True)
 data_app = typer.Typer(help="Question sets and other data: import, validate.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Sweep the workspace's choices on a question set.", no_args_is_help=True)
+runs_app = typer.Typer(help="Tracked evaluation runs (.ragtune/runs/, MLflow).", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(runs_app, name="runs")
 
 WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace folder (default: the current folder or a parent with ragtune.toml).", show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", "-m", help="dense | bm25 | hybrid (default: [retrieve] mode).", show_default=False)]
@@ -259,29 +263,149 @@ def eval_retrieval(beir: Annotated[Path, typer.Option("--beir", help="BEIR folde
 
 @eval_app.command("qa")
 def eval_qa(qa: Annotated[Path, typer.Option("--qa", help="QA JSONL file (id, question, answers[, doc_ids, context, metadata]).")],
-            arm: Annotated[str, typer.Option("--arm", help="rag | closed-book")] = "rag",
+            arm: Annotated[str, typer.Option("--arm", help="rag | closed-book | retrieval (evidence only, no generation)")] = "rag",
             k: Annotated[Optional[int], typer.Option("-k", help="Chunks retrieved per question (default: [retrieve] k).", show_default=False)] = None,
             mode: ModeOpt = None, generator: GenOpt = None, model: ModelOpt = None,
             limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.", show_default=False)] = None,
             json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and every prediction (prompt, retrieved ids, answer) here.", show_default=False)] = None,
+            track: Annotated[bool, typer.Option("--track/--no-track", help="Record the run in .ragtune/runs/ and MLflow.")] = True,
             workspace: WorkspaceOpt = None) -> None:
     """Answer a question set and score EM/F1/contains, evidence recall, citations, groundedness, latency."""
     from ragtune.evaluate.qa import load_qa
     from ragtune.evaluate.qa_eval import evaluate_qa
+    from ragtune.experiment.sweep import now
 
     items = load_qa(qa)[:limit]
     ws = _rag_workspace(workspace, generator, model)
+    ws.config = ws.config.override("retrieve", k=k, mode=mode)
+    started = now()
     with _RichProgress() as progress:
-        result = evaluate_qa(ws, items, arm=arm, k=k, mode=mode, progress=progress)
+        result = evaluate_qa(ws, items, arm=arm, progress=progress)
     c = _console()
-    c.print(f"[bold]{qa.name}[/] · {result['questions']} questions · arm {arm} · {result['generator']}")
-    for name, value in result["metrics"].items():
-        if value is not None:
-            c.print(f"  {name:>22}: {value:.4f}" if isinstance(value, float) else f"  {name:>22}: {value}")
+    c.print(f"[bold]{qa.name}[/] · {result['questions']} questions · arm {arm}" + (f" · {result['generator']}" if result["generator"] else ""))
+    _print_metrics(result["metrics"], c)
+    if track:
+        run = _record(ws, qa, result, started, limit)
+        c.print(f"  run {run.id} · {run.path}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
         c.print(f"  wrote {json_out}")
+
+
+def _print_metrics(metrics: dict, c) -> None:
+    for name, value in metrics.items():
+        c.print(f"  {name:>24}: {value:.4f}" if isinstance(value, float) else f"  {name:>24}: {value}")
+
+
+def _record(ws, qa: Path, result: dict, started: str, limit: Optional[int]):
+    """An `eval qa` result as a run folder (id: settings hash + time) and in MLflow."""
+    import hashlib
+
+    from ragtune.experiment.runs import RUNS_DIR
+    from ragtune.experiment.sweep import record_run, run_id
+    from ragtune.experiment.tracking import tracker_for
+
+    stamp = started.replace("-", "").replace(":", "").replace("T", "-")[:15]  # 20261125-201618
+    rid = f"{run_id(ws.config, hashlib.sha256(qa.read_bytes()).hexdigest(), result['arm'], limit or 0)}-{stamp}"
+    run = record_run(ws, ws.state_dir / RUNS_DIR / rid, f"{qa.stem}:{result['arm']}", result, qa, started)
+    tracker = tracker_for(ws)
+    if tracker:
+        tracker.log(run, ws.config.experiment.experiment)
+    return run
+
+
+@experiment_app.command("run")
+def experiment_run(sweep_file: Annotated[Path, typer.Argument(help="Sweep TOML: qa, arm, [base], [grid] and/or [[runs]] (see docs/evaluate.md).")],
+                   force: Annotated[bool, typer.Option("--force", help="Rerun runs that are already finished.")] = False,
+                   dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and their ids; run nothing.")] = False,
+                   workspace: WorkspaceOpt = None) -> None:
+    """Evaluate every configuration of a sweep; finished runs are skipped, so an interrupted sweep resumes."""
+    from ragtune.experiment.sweep import load_sweep, plan, run_sweep
+
+    ws, sweep = _workspace(workspace), load_sweep(sweep_file)
+    c = _console()
+    if dry_run:
+        for p in plan(ws, sweep):
+            c.print(f"{p.id}  {p.name}")
+        return
+    with _RichProgress() as progress:
+        result = run_sweep(ws, sweep, force=force, progress=progress, log=lambda line: progress.bar.console.print(line))
+    _print_runs([o.run for o in result.outcomes], c)
+
+
+@runs_app.command("list")
+def runs_list(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+              workspace: WorkspaceOpt = None) -> None:
+    """Every run in the workspace, oldest first, with its headline metrics."""
+    from ragtune.experiment.runs import RUNS_DIR, iter_runs
+
+    runs = list(iter_runs(_workspace(workspace).state_dir / RUNS_DIR))
+    if as_json:
+        print(json.dumps([{"id": r.id, "name": r.name, "arm": r.info.get("arm"), "started": r.info.get("started"),
+                           "finished": r.finished, "metrics": r.metrics, "path": str(r.path)} for r in runs], indent=2))
+        return
+    _print_runs(runs, _console())
+
+
+HEADLINE = ("f1", "em", "contains", "recall@k", "mrr@k", "ndcg@k", "total_p50_ms")
+
+
+def _print_runs(runs, c) -> None:
+    from rich.table import Table
+
+    if not runs:
+        c.print("no runs yet: `ragtune eval qa --qa FILE` or `ragtune experiment run SWEEP.toml`")
+        return
+    shown = [m for m in HEADLINE if any((r.metrics or {}).get(m) is not None for r in runs)]
+    table = Table("id", "name", "arm", *shown)
+    table.columns[0].no_wrap = True
+    for r in runs:
+        values = [_fmt((r.metrics or {}).get(m)) if r.finished else "unfinished" for m in shown]
+        table.add_row(r.id, r.name, r.info.get("arm", ""), *values)
+    c.print(table)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if isinstance(value, float) and abs(value) >= 10 else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@runs_app.command("compare")
+def runs_compare(a: Annotated[str, typer.Argument(help="Baseline run: id, id prefix, name or folder.")],
+                 b: Annotated[str, typer.Argument(help="Run compared with it.")],
+                 workspace: WorkspaceOpt = None) -> None:
+    """Two runs side by side: metrics with deltas, the settings that differ, per-question wins and losses."""
+    from rich.table import Table
+
+    from ragtune.experiment.runs import RUNS_DIR, compare, find_run
+
+    runs_dir = _workspace(workspace).state_dir / RUNS_DIR
+    ra, rb = find_run(runs_dir, a), find_run(runs_dir, b)
+    result = compare(ra, rb)
+    c = _console()
+    table = Table("metric", ra.id, rb.id, "delta")
+    for name, (va, vb) in result["metrics"].items():
+        delta = f"{vb - va:+.4f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else "–"
+        table.add_row(name, _fmt(va), _fmt(vb), delta)
+    c.print(table)
+    for key, (va, vb) in result["settings"].items():
+        c.print(f"  {key}: {va!r} → {vb!r}")
+    c.print(f"{result['questions']} questions: {rb.id} wins {result['wins']}, loses {result['losses']}, ties {result['ties']}")
+
+
+@app.command()
+def report(runs: Annotated[list[str], typer.Argument(help="Runs (id, id prefix, name or folder); the first is the baseline.")],
+           out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained, works offline).")] = Path("report.html"),
+           workspace: WorkspaceOpt = None) -> None:
+    """One HTML file: metrics table, quality-vs-latency chart (Pareto front), wins/losses, worst failures."""
+    from ragtune.experiment.report import write_report
+    from ragtune.experiment.runs import RUNS_DIR, find_run
+
+    runs_dir = _workspace(workspace).state_dir / RUNS_DIR
+    path = write_report([find_run(runs_dir, r) for r in runs], out)
+    _console().print(f"wrote {path}")
 
 
 @data_app.command("import-squad")
@@ -295,6 +419,18 @@ def data_import_squad(source: Annotated[Path, typer.Argument(help="SQuAD v1.1 JS
     _console().print(f"wrote {n} questions to {out}")
     if contexts:
         _console().print(f"wrote {squad_contexts(source, contexts)} paragraphs to {contexts} (ingest it: ragtune ingest {contexts})")
+
+
+@data_app.command("import-beir")
+def data_import_beir(folder: Annotated[Path, typer.Argument(help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv.")],
+                     out: Annotated[Path, typer.Option("--out", "-o", help="QA JSONL to write (retrieval-only questions).")],
+                     split: Annotated[str, typer.Option("--split", help="Which qrels file.")] = "test") -> None:
+    """Convert a BEIR set's queries into retrieval-only questions (gold doc ids from the qrels; ingest corpus.jsonl)."""
+    from ragtune.evaluate.qa import from_beir, write_qa
+
+    n = write_qa(from_beir(folder, split), out)
+    _console().print(f"wrote {n} retrieval-only questions to {out}; next: ragtune ingest {folder}/corpus.jsonl, "
+                     f"then ragtune eval qa --arm retrieval --qa {out}")
 
 
 @data_app.command("validate")

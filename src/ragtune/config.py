@@ -106,6 +106,14 @@ class StoreConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """Tracking evaluation runs (`ragtune eval qa`, `ragtune experiment run`)."""
+
+    tracking_uri: str = _f("", "MLflow tracking URI; empty = a local store in .ragtune/mlflow.db; 'none' = run folders only.")
+    experiment: str = _f("ragtune", "MLflow experiment for runs outside a named sweep (a sweep uses its own name).")
+
+
+@dataclass
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -113,6 +121,7 @@ class Config:
     rag: RagConfig = field(default_factory=RagConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = CONFIG_FILE) -> "Config":

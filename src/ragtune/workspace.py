@@ -38,6 +38,16 @@ class Workspace:
         self.config = config or Config.load(self.root / CONFIG_FILE)
         self._store = None
         self._cache = None
+        self.rankings = None  # a RankingMemo while a sweep reuses rankings across runs
+
+    def with_config(self, config: Config) -> "Workspace":
+        """The same workspace under other settings, sharing the opened store, cache and rankings
+        (the caller keeps the index settings the same, or points ``[store] path`` elsewhere)."""
+        other = Workspace(self.root, config)
+        if config.store.path == self.config.store.path:
+            other._store = self._store
+        other._cache, other.rankings = self._cache, self.rankings
+        return other
 
     @classmethod
     def init(cls, folder: str | Path = ".", force: bool = False) -> "Workspace":
@@ -99,7 +109,8 @@ class Workspace:
         r = self.config.retrieve
         self.store.check(self.embedder.model_id)
         return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, where=parse_filters(filters),
-                        candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight)
+                        candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight,
+                        memo=self.rankings)
 
     @property
     def generator(self):

@@ -66,6 +66,11 @@ def weights_hash(folder: Path) -> str:
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).exists()), None)
     if weights is None:
         raise EmbedderError(f"no model.safetensors or pytorch_model.bin in {folder}")
+    return file_sha256(weights)
+
+
+def file_sha256(weights: Path) -> str:
+    """sha256 of a (large) file, memoised on (path, size, mtime) in the cache folder."""
     st = weights.stat()
     key = f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo = cache_dir() / "weights-hashes.json"

@@ -6,7 +6,8 @@ One JSON object per line::
      "doc_ids": ["..."], "context": "...", "metadata": {...}}     # the last three optional
 
 ``doc_ids`` name the gold documents (their ``doc_id`` in the index); ``context`` is the gold
-evidence text.
+evidence text. A question without ``answers`` but with ``doc_ids`` is retrieval-only (BEIR sets):
+it is scored on its evidence; graded relevance, when known, is in ``metadata["qrels"]``.
 """
 
 from __future__ import annotations
@@ -59,12 +60,15 @@ def _item(row: Any, n: int) -> QAItem:
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"line {n}: missing or empty 'question'")
-    answers = row.get("answers")
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-        raise ValueError(f"line {n}: 'answers' must be a non-empty list of non-empty strings")
     doc_ids = row.get("doc_ids", [])
     if not isinstance(doc_ids, list) or not all(isinstance(d, (str, int)) for d in doc_ids):
         raise ValueError(f"line {n}: 'doc_ids' must be a list of ids")
+    answers = row.get("answers")
+    if answers is None and doc_ids:
+        answers = []  # a retrieval-only question: scored on its gold documents
+    elif not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"line {n}: 'answers' must be a non-empty list of non-empty strings "
+                         "(or leave 'answers' out and give 'doc_ids' for a retrieval-only question)")
     context = row.get("context")
     if context is not None and not isinstance(context, str):
         raise ValueError(f"line {n}: 'context' must be a string")
@@ -80,7 +84,7 @@ def write_qa(items: Iterable[QAItem], path: Path) -> int:
     n = 0
     with open(path, "w", encoding="utf-8") as f:
         for it in items:
-            row = {"id": it.id, "question": it.question, "answers": it.answers}
+            row = {"id": it.id, "question": it.question, **({"answers": it.answers} if it.answers else {})}
             row.update({k: v for k, v in (("doc_ids", it.doc_ids), ("context", it.context), ("metadata", it.metadata)) if v})
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
@@ -110,6 +114,21 @@ def from_squad(source: Path) -> list[QAItem]:
             for qa in para["qas"]:
                 items.append(QAItem(qa["id"], qa["question"], _dedupe(a["text"] for a in qa["answers"]),
                                     [f"{article['title']}#p{p}"], para["context"], {"title": article["title"]}))
+    return items
+
+
+def from_beir(folder: Path, split: str = "test") -> list[QAItem]:
+    """A BEIR folder's queries with qrels in ``split`` as retrieval-only questions (gold docs = qrels > 0)."""
+    from ragtune.evaluate.beir import load_beir
+
+    data = load_beir(folder, split)
+    items = []
+    for qid, text in data.queries.items():
+        rels = data.qrels[qid]
+        gold = [d for d, r in rels.items() if r > 0]
+        if gold:
+            graded = {"qrels": rels} if set(rels.values()) - {0, 1} else {}
+            items.append(QAItem(qid, text, [], gold, None, {"dataset": data.name, **graded}))
     return items
 
 

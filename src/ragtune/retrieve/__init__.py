@@ -7,6 +7,7 @@ score = sum over retrievers of weight / (rrf_k + rank).
 from __future__ import annotations
 
 import json
+import time
 import typing
 
 from ragtune.config import RetrieveMode
@@ -70,21 +71,55 @@ def rrf(rankings: list[list[tuple[dict, float]]], weights: list[float], rrf_k: i
     return [(rows[i], scores[i]) for i in order]
 
 
+class RankingMemo:
+    """Dense and BM25 rankings already computed, per (index version, query, filter), at least
+    ``depth`` deep. Runs that differ only in k, mode or fusion settings reuse them instead of
+    searching again (sweeps); a smaller k is a prefix of a deeper ranking.
+
+    Latency stays honest: ``saved_s`` adds up the measured time of every search a hit skipped
+    (query embedding included), and evaluations add it back to the run that reused the ranking.
+    """
+
+    def __init__(self, depth: int = 100) -> None:
+        self.depth = depth
+        self.saved_s = 0.0
+        self._rankings: dict[tuple, tuple[int, list, float]] = {}
+
+    def get(self, key: tuple, n: int, search) -> list[tuple[dict, float]]:
+        depth, ranking, took = self._rankings.get(key, (0, [], 0.0))
+        if depth < n:
+            depth, t = max(n, self.depth), time.perf_counter()
+            ranking = search(depth)
+            self._rankings[key] = (depth, ranking, time.perf_counter() - t)
+        else:
+            self.saved_s += took
+        return ranking[:n]
+
+
 def retrieve(store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", where: str | None = None,
-             candidates: int = 50, rrf_k: int = 60, dense_weight: float = 1.0, bm25_weight: float = 1.0) -> list[Hit]:
+             candidates: int = 50, rrf_k: int = 60, dense_weight: float = 1.0, bm25_weight: float = 1.0,
+             memo: RankingMemo | None = None) -> list[Hit]:
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not valid; choose one of: {', '.join(MODES)}")
     if not query.strip():
         raise ConfigError("the query is empty: give some words to search for")
     store.pin()  # one committed version for the whole search
+
+    def dense(n: int) -> list[tuple[dict, float]]:
+        search = lambda depth: store.dense(embedder.embed_query(query), depth, where)  # noqa: E731
+        return memo.get((id(store), store.pinned_version, "dense", query, where), n, search) if memo else search(n)
+
+    def bm25(n: int) -> list[tuple[dict, float]]:
+        search = lambda depth: store.bm25(query, depth, where)  # noqa: E731
+        return memo.get((id(store), store.pinned_version, "bm25", query, where), n, search) if memo else search(n)
+
     if mode == "dense":
-        ranked = store.dense(embedder.embed_query(query), k, where)
+        ranked = dense(k)
     elif mode == "bm25":
-        ranked = store.bm25(query, k, where)
+        ranked = bm25(k)
     else:
         n = max(k, candidates)
-        ranked = rrf([store.dense(embedder.embed_query(query), n, where), store.bm25(query, n, where)],
-                     [dense_weight, bm25_weight], rrf_k)[:k]
+        ranked = rrf([dense(n), bm25(n)], [dense_weight, bm25_weight], rrf_k)
     return [_hit(rank, row, score) for rank, (row, score) in enumerate(ranked[:k], start=1)]
 
 

@@ -175,6 +175,11 @@ class LanceStore:
     def version(self) -> int:
         return self.table().version
 
+    @property
+    def pinned_version(self) -> int | None:
+        """The version searches read (set by ``pin``)."""
+        return self._view_version
+
     def pin(self) -> None:
         """Pin the latest committed version (reloading the in-memory copy when it moved)."""
         if self._latest is None:

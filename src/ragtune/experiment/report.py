@@ -1,0 +1,675 @@
+"""``ragtune report``: one self-contained HTML page that compares run folders.
+
+The page has four parts:
+
+1. a metrics table, one row per run, the best value of each column marked;
+2. a quality-vs-latency chart (inline SVG), the runs on the Pareto front joined by a line;
+3. per-question wins and losses of every run against a baseline run (two runs or more);
+4. each run's worst questions, with the gold answers, the prediction, the retrieved sources and
+   the exact prompt.
+
+The file needs no network: the CSS and the chart are inline and there is no script, so it opens
+offline and can be attached to an issue. Every piece of run text (questions, predictions,
+prompts, sources) is untrusted and goes through ``html.escape``. A missing value is shown as
+"–", never filled in.
+
+>>> from ragtune.experiment.runs import load_run
+>>> write_report([load_run(p) for p in paths], Path("report.html"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from itertools import groupby
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError
+from ragtune.experiment.runs import Run
+
+MISSING = "–"
+# Column order of the metrics table; "name@" matches any k. Metrics not listed follow, by name.
+METRIC_ORDER = ("em", "f1", "contains", "abstention_rate", "recall@", "mrr@", "ndcg@", "citation_precision",
+                "groundedness", "judge_score", "judge_parse_failure_rate", "total_p50_ms", "total_p95_ms",
+                "retrieve_p50_ms", "retrieve_p95_ms", "generate_p50_ms", "generate_p95_ms",
+                "prompt_tokens_mean", "completion_tokens_mean")
+HIGHER_IS_BETTER = ("em", "f1", "contains", "recall@", "mrr@", "ndcg@", "precision@", "map@", "hit@",
+                    "citation_precision", "groundedness", "judge_score")
+LOWER_IS_BETTER = ("_ms", "_tokens_mean", "judge_parse_failure_rate")  # suffixes
+LABELS = {"em": "EM", "f1": "F1", "abstention_rate": "abstained", "judge_parse_failure_rate": "judge parse fail",
+          "prompt_tokens_mean": "prompt tokens", "completion_tokens_mean": "completion tokens"}
+# Run-level quality for the chart, in order of preference, and its per-question form.
+QUALITY_PREFIXES = ("f1", "recall@", "ndcg@")
+LATENCIES = ("total_p50_ms", "retrieve_p50_ms")
+PER_QUESTION = {"f1": "token F1 of the prediction",
+                "hit": "gold document retrieved (1) or not (0)",
+                "rr": "reciprocal rank of the first gold document (0 when not retrieved)"}
+TOP = 5  # rows in each wins/losses/failures list
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def write_report(runs: list[Run], out: Path, baseline: int = 0) -> Path:
+    """Write the HTML report comparing ``runs`` to ``out``; return the path written.
+
+    ``baseline`` is the position in ``runs`` of the run that the others are compared with,
+    question by question.
+    """
+    out = Path(out)
+    page = render_report(runs, baseline)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def render_report(runs: list[Run], baseline: int = 0) -> str:
+    """The report as one HTML string (see the module docstring for what it holds)."""
+    if not runs:
+        raise ConfigError("no runs to report; give at least one run folder or id (see `ragtune runs list`)")
+    if not 0 <= baseline < len(runs):
+        raise ConfigError(f"--baseline {baseline} is out of range; give 0 to {len(runs) - 1} (a run's position)")
+    quality, latency = pick_metric(runs, quality_candidates(runs)), pick_metric(runs, LATENCIES)
+    kind = per_question_kind(runs, quality)
+    body = [_header(runs, baseline, quality, latency, kind), _metrics_section(runs),
+            _chart_section(runs, quality, latency)]
+    if len(runs) > 1:
+        body.append(_compare_section(runs, baseline, kind))
+    body.append(_failures_section(runs, kind))
+    return _page("\n".join(body))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs
+
+
+def run_id(run: Run) -> str:
+    return str(run.info.get("id") or run.path.name)
+
+
+def run_name(run: Run) -> str:
+    return str(run.info.get("name") or run_id(run))
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool, NaN or infinity), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def metric(run: Run, key: str) -> float | None:
+    return number((run.metrics or {}).get(key))
+
+
+def metric_columns(runs: list[Run]) -> list[str]:
+    """Numeric metrics that at least one run has, in table order."""
+    keys = {k for r in runs for k in (r.metrics or {}) if metric(r, k) is not None}
+    return sorted(keys, key=_metric_order)
+
+
+def matches(key: str, name: str) -> bool:
+    """``key`` is metric ``name``; a name ending in "@" stands for every k (``recall@`` matches ``recall@10``)."""
+    return key == name or (name.endswith("@") and key.startswith(name))
+
+
+def _metric_order(key: str) -> tuple[int, int, str]:
+    for i, name in enumerate(METRIC_ORDER):
+        if matches(key, name):
+            return i, _at_k(key), key
+    return len(METRIC_ORDER), 0, key
+
+
+def _at_k(key: str) -> int:
+    """The k of ``recall@10`` (``recall@k``, the eval's own k, sorts first)."""
+    k = key.partition("@")[2]
+    return int(k) if k.isdigit() else 0
+
+
+def direction(key: str) -> int:
+    """+1 when higher is better, -1 when lower is better, 0 when neither (an abstention can be right)."""
+    if any(matches(key, name) for name in HIGHER_IS_BETTER):
+        return 1
+    return -1 if key.endswith(LOWER_IS_BETTER) else 0
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def varying_params(runs: list[Run]) -> list[str]:
+    """The ``params`` keys whose values differ between runs (all of them for a single run)."""
+    params = [r.info.get("params") or {} for r in runs]
+    keys = sorted({k for p in params for k in p})
+    if len(runs) == 1:
+        return keys
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params}) > 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality, latency and per-question scores
+
+
+def quality_candidates(runs: list[Run]) -> list[str]:
+    keys = metric_columns(runs)
+    return [k for name in QUALITY_PREFIXES for k in keys if matches(k, name)]
+
+
+def pick_metric(runs: list[Run], candidates: list[str] | tuple[str, ...]) -> str | None:
+    """The first candidate that every run has; else the one most runs have; None if no run has any."""
+    counts = [sum(metric(r, key) is not None for r in runs) for key in candidates]
+    for key, n in zip(candidates, counts):
+        if n == len(runs):
+            return key
+    return candidates[counts.index(max(counts))] if counts and max(counts) else None
+
+
+def per_question_kind(runs: list[Run], quality: str | None) -> str | None:
+    """How one question is scored, matching the run-level quality: F1, a hit, or a reciprocal rank."""
+    if quality == "f1":
+        return "f1"
+    if quality and quality.startswith("recall@"):
+        return "hit"
+    if quality:
+        return "rr"
+    rows = [row for r in runs for row in r.predictions]
+    return "f1" if any("f1" in row for row in rows) else "hit" if any("gold_rank" in row for row in rows) else None
+
+
+def question_score(row: dict[str, Any], kind: str | None) -> float | None:
+    if kind == "f1":
+        return number(row.get("f1"))
+    if kind is None or "gold_rank" not in row:
+        return None
+    rank = number(row.get("gold_rank"))
+    if kind == "hit":
+        return 1.0 if rank else 0.0
+    return 1.0 / rank if rank else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto front and chart geometry
+
+
+@dataclass
+class Point:
+    """One run in the quality-vs-latency chart."""
+
+    run: Run
+    quality: float
+    latency: float
+    pareto: bool = False
+
+
+def chart_points(runs: list[Run], quality: str | None, latency: str | None) -> list[Point]:
+    """A point per run that has both measures, its ``pareto`` flag set."""
+    points = [Point(r, metric(r, quality), metric(r, latency)) for r in runs if quality and latency
+              and metric(r, quality) is not None and metric(r, latency) is not None]
+    for p in points:
+        p.pareto = not any(dominates(q, p) for q in points)
+    return points
+
+
+def dominates(a: Point, b: Point) -> bool:
+    """``a`` is at least as good as ``b`` on both axes and better on one (higher quality, lower latency)."""
+    return a.quality >= b.quality and a.latency <= b.latency and (a.quality > b.quality or a.latency < b.latency)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten."""
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.floor(lo / step + 1e-9) * step
+    ticks = [first]
+    while ticks[-1] < hi - 1e-9:
+        ticks.append(first + len(ticks) * step)
+    return [round(t, 12) for t in ticks]
+
+
+def _tick_text(value: float, ticks: list[float]) -> str:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{value:,.{decimals}f}"
+
+
+def _quality_domain(values: list[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.1 or 0.05
+    lo, hi = lo - pad, hi + pad
+    if min(values) >= 0 and max(values) <= 1:
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return nice_ticks(lo, hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-question comparison
+
+
+@dataclass
+class Diff:
+    """One question answered by both runs, with both scores."""
+
+    base: dict[str, Any]
+    other: dict[str, Any]
+    base_score: float
+    other_score: float
+
+    @property
+    def delta(self) -> float:
+        return self.other_score - self.base_score
+
+
+@dataclass
+class Comparison:
+    """A run against the baseline, question by question (matched by question id)."""
+
+    run: Run
+    diffs: list[Diff]
+    unmatched: int  # questions in only one of the two runs, or without a score in one
+
+    @property
+    def wins(self) -> list[Diff]:
+        return sorted((d for d in self.diffs if d.delta > 1e-9), key=lambda d: -d.delta)
+
+    @property
+    def losses(self) -> list[Diff]:
+        return sorted((d for d in self.diffs if d.delta < -1e-9), key=lambda d: d.delta)
+
+    @property
+    def ties(self) -> int:
+        return len(self.diffs) - len(self.wins) - len(self.losses)
+
+
+def compare(base: Run, other: Run, kind: str | None) -> Comparison:
+    base_rows, other_rows = _by_id(base), _by_id(other)
+    diffs = []
+    for qid in base_rows.keys() & other_rows.keys():
+        a, b = base_rows[qid], other_rows[qid]
+        sa, sb = question_score(a, kind), question_score(b, kind)
+        if sa is not None and sb is not None:
+            diffs.append(Diff(a, b, sa, sb))
+    diffs.sort(key=lambda d: str(d.base.get("id")))
+    return Comparison(other, diffs, len(base_rows.keys() | other_rows.keys()) - len(diffs))
+
+
+def _by_id(run: Run) -> dict[str, dict[str, Any]]:
+    return {str(row["id"]): row for row in run.predictions if row.get("id") is not None}
+
+
+def worst(run: Run, kind: str | None, n: int = TOP) -> list[tuple[float, dict[str, Any]]]:
+    """The ``n`` lowest-scored questions of a run below a perfect 1, lowest first (ties in file order)."""
+    scored = [(s, row) for row in run.predictions if (s := question_score(row, kind)) is not None and s < 1]
+    return sorted(scored, key=lambda pair: pair[0])[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML helpers
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, key: str = "") -> str:
+    """A metric for display: "–" when missing, milliseconds and token counts with one decimal."""
+    x = number(value)
+    if x is None:
+        return MISSING if value is None else esc(value)  # "nan", "inf" or text: shown as stored
+    if isinstance(value, int):
+        return f"{value:,}"
+    if key.endswith(("_ms", "_tokens_mean")):
+        return f"{x:,.1f}"
+    return f"{x:.3f}"
+
+
+def _param(value: Any) -> str:
+    if value is None:
+        return MISSING
+    return esc(value if isinstance(value, (str, int, float)) else json.dumps(value, default=str))
+
+
+def _table(headers: list[str], rows: list[str], attrs: str = "", above: str = "") -> str:
+    """A table in a horizontal scroller; ``above`` is an optional header row of column groups."""
+    head = f"{above}<tr>{''.join(headers)}</tr>"
+    return f'<div class="scroll"><table{attrs}><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _prompt_text(prompt: Any) -> str:
+    """The prompt exactly as stored: a string as is, chat messages as indented JSON."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, indent=2, ensure_ascii=False, default=str)
+
+
+def _answer(row: dict[str, Any]) -> str:
+    """What a run answered: the prediction, or for a retrieval-only run where the gold document ranked."""
+    if "prediction" in row:
+        return esc(row["prediction"])
+    if "gold_rank" in row:
+        rank = row["gold_rank"]
+        return f"gold at rank {esc(rank)}" if rank else "gold not retrieved"
+    return MISSING
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+
+
+def _score(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _header(runs: list[Run], baseline: int, quality: str | None, latency: str | None, kind: str | None) -> str:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    facts = [f"{len(runs)} run{'s' * (len(runs) != 1)}", f"generated {when}",
+             f"baseline <strong>{esc(run_name(runs[baseline]))}</strong>" if len(runs) > 1 else "",
+             f"per-question score: {esc(PER_QUESTION[kind])}" if kind else ""]
+    warning = _question_set_warning(runs)
+    return (f'<header><h1>ragtune report</h1><p class="meta">{" · ".join(f for f in facts if f)}</p>'
+            f"{warning}</header>")
+
+
+def _question_set_warning(runs: list[Run]) -> str:
+    sets = {frozenset(_by_id(r)) for r in runs if r.predictions}
+    if len(sets) <= 1:
+        return ""
+    return ('<p class="warn">The runs did not answer the same questions: their metrics are not directly '
+            "comparable. Per-question comparisons use the questions two runs share.</p>")
+
+
+def _metrics_section(runs: list[Run]) -> str:
+    """Two tables, one row per run: what each run is and how good it is; then what it costs."""
+    params, metrics = varying_params(runs), metric_columns(runs)
+    quality = [k for k in metrics if _group(k) == "quality"]
+    cost = [k for k in metrics if _group(k) != "quality"]
+    identity = (["<th>run</th>", "<th>id</th>", "<th>arm</th>"] + [f"<th>{esc(p)}</th>" for p in params]
+                + ['<th class="num">questions</th>'])
+    tables = [_metric_table(runs, quality, identity, lambda r: _identity_cells(r, params), ' id="metrics"')]
+    if cost:
+        costs = _metric_table(runs, cost, ["<th>run</th>"], lambda r: [_name_cell(r)], ' id="costs"',
+                              _group_row(1, cost))
+        tables.append(f"<h3>Cost</h3>{costs}")
+    note = '<p class="note">Best value per column highlighted (hover a header for its direction).</p>'
+    return f"<section><h2>Metrics</h2>{''.join(tables)}{note}</section>"
+
+
+def _metric_table(runs: list[Run], keys: list[str], identity: list[str], cells, attrs: str, above: str = "") -> str:
+    best = {k: _best(runs, k) for k in keys}
+    rows = [_metrics_row(r, cells(r), keys, best) for r in runs]
+    return _table(identity + [_metric_header(k) for k in keys], rows, attrs, above)
+
+
+def _metric_header(key: str) -> str:
+    hint = {1: "higher is better", -1: "lower is better", 0: "neither higher nor lower is better"}[direction(key)]
+    return f'<th class="num" title="{esc(key)}: {hint}">{esc(_short_label(key))}</th>'
+
+
+def _group(key: str) -> str:
+    return "latency (ms)" if key.endswith("_ms") else "tokens (mean)" if key.endswith("_tokens_mean") else "quality"
+
+
+def _short_label(key: str) -> str:
+    """A column's label under its group: ``total_p50_ms`` is "total p50" under "latency (ms)"."""
+    group = _group(key)
+    if group == "quality":
+        return label(key)
+    return key.removesuffix("_ms").removesuffix("_tokens_mean").replace("_", " ")
+
+
+def _group_row(identity_columns: int, metrics: list[str]) -> str:
+    cells = [f'<th colspan="{identity_columns}"></th>']
+    for group, keys in groupby(metrics, key=_group):
+        cells.append(f'<th class="group" colspan="{len(list(keys))}">{group}</th>')
+    return f'<tr class="groups">{"".join(cells)}</tr>'
+
+
+def _best(runs: list[Run], key: str) -> float | None:
+    """The best value of a column, or None when there is no direction or nothing to choose between."""
+    values = [v for r in runs if (v := metric(r, key)) is not None]
+    if direction(key) == 0 or len(values) < 2 or min(values) == max(values):
+        return None
+    return max(values) if direction(key) > 0 else min(values)
+
+
+def _name_cell(run: Run) -> str:
+    status = "" if run.finished else ' <span class="badge">unfinished</span>'
+    return f'<td class="run">{esc(run_name(run))}{status}</td>'
+
+
+def _identity_cells(run: Run, params: list[str]) -> list[str]:
+    cells = [_name_cell(run), f"<td><code>{esc(run_id(run))}</code></td>",
+             f"<td>{esc(run.info.get('arm') or MISSING)}</td>"]
+    cells += [f"<td>{_param((run.info.get('params') or {}).get(p))}</td>" for p in params]
+    return cells + [f'<td class="num">{len(run.predictions) or MISSING}</td>']
+
+
+def _metrics_row(run: Run, cells: list[str], keys: list[str], best: dict[str, float | None]) -> str:
+    for key in keys:
+        value = metric(run, key)
+        mark = " best" if value is not None and value == best[key] else ""
+        cells.append(f'<td class="num{mark}">{fmt((run.metrics or {}).get(key), key)}</td>')
+    return f'<tr data-run="{esc(run_id(run))}">{"".join(cells)}</tr>'
+
+
+def _chart_section(runs: list[Run], quality: str | None, latency: str | None) -> str:
+    points = chart_points(runs, quality, latency)
+    if not points:
+        return ('<section><h2>Quality vs latency</h2><p class="note">No run has both a quality metric '
+                f"({', '.join(QUALITY_PREFIXES)}) and a latency ({', '.join(LATENCIES)}).</p></section>")
+    plotted = {id(p.run) for p in points}
+    skipped = [run_name(r) for r in runs if id(r) not in plotted]
+    note = f"Not plotted (no {esc(quality)} or {esc(latency)}): {esc(', '.join(skipped))}. " if skipped else ""
+    legend = ('<p class="note"><span class="dot pareto"></span> Pareto front: no other run has higher quality '
+              f'and lower latency · <span class="dot"></span> dominated run. {note}Hover a point for its values.</p>')
+    return f"<section><h2>Quality vs latency</h2>{scatter_svg(points, quality, latency)}{legend}</section>"
+
+
+def scatter_svg(points: list[Point], quality: str, latency: str) -> str:
+    """The chart as inline SVG: x latency (from 0), y quality, one ``circle.point`` per run."""
+    width, height, left, right, top, bottom = 760, 400, 70, 150, 20, 56
+    xt = nice_ticks(0.0, max(p.latency for p in points) or 1.0)
+    yt = _quality_domain([p.quality for p in points])
+
+    def x(v: float) -> float:
+        return left + (v - xt[0]) / (xt[-1] - xt[0]) * (width - left - right)
+
+    def y(v: float) -> float:
+        return height - bottom - (v - yt[0]) / (yt[-1] - yt[0]) * (height - top - bottom)
+
+    parts = _axes(xt, yt, x, y, width - right, height - bottom, top, left)
+    parts.append(_axis_labels(quality, latency, (left + width - right) / 2, height, top, bottom))
+    front = sorted((p for p in points if p.pareto), key=lambda p: p.latency)
+    if len(front) > 1:
+        coords = " ".join(f"{x(p.latency):.1f},{y(p.quality):.1f}" for p in front)
+        parts.append(f'<polyline class="front" points="{coords}"/>')
+    parts += [_point_svg(p, x(p.latency), y(p.quality), quality, latency) for p in points]
+    return (f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+            f'aria-label="{esc(label(quality))} against {esc(label(latency))}">{"".join(parts)}</svg>')
+
+
+def _axes(xt: list[float], yt: list[float], x, y, x_end: float, y_end: float, top: float, left: float) -> list[str]:
+    parts = []
+    for t in xt:
+        parts.append(f'<line class="grid" x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{y_end}"/>'
+                     f'<text class="tick" x="{x(t):.1f}" y="{y_end + 18}" text-anchor="middle">{_tick_text(t, xt)}</text>')
+    for t in yt:
+        parts.append(f'<line class="grid" x1="{left}" y1="{y(t):.1f}" x2="{x_end}" y2="{y(t):.1f}"/>'
+                     f'<text class="tick" x="{left - 8}" y="{y(t) + 4:.1f}" text-anchor="end">{_tick_text(t, yt)}</text>')
+    parts.append(f'<line class="axis" x1="{left}" y1="{y_end}" x2="{x_end}" y2="{y_end}"/>'
+                 f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{y_end}"/>')
+    return parts
+
+
+def _axis_labels(quality: str, latency: str, x_mid: float, height: float, top: float, bottom: float) -> str:
+    y_mid = (top + height - bottom) / 2
+    return (f'<text class="axis-label" x="{x_mid:.1f}" y="{height - 12}" text-anchor="middle">'
+            f"latency: {esc(label(latency))} (lower is better)</text>"
+            f'<text class="axis-label" x="18" y="{y_mid:.1f}" text-anchor="middle" transform="rotate(-90 18 {y_mid:.1f})">'
+            f"quality: {esc(label(quality))} (higher is better)</text>")
+
+
+def _point_svg(p: Point, cx: float, cy: float, quality: str, latency: str) -> str:
+    tip = (f"{run_name(p.run)} ({run_id(p.run)})\n{label(quality)}: {p.quality:.3f}\n"
+           f"{label(latency)}: {p.latency:,.1f}" + ("\non the Pareto front" if p.pareto else ""))
+    cls = "point pareto" if p.pareto else "point"
+    return (f'<circle class="{cls}" data-run="{esc(run_id(p.run))}" cx="{cx:.1f}" cy="{cy:.1f}" r="7">'
+            f"<title>{esc(tip)}</title></circle>"
+            f'<text class="point-label" x="{cx + 11:.1f}" y="{cy + 4:.1f}">{esc(run_name(p.run))}</text>')
+
+
+def _compare_section(runs: list[Run], baseline: int, kind: str | None) -> str:
+    base = runs[baseline]
+    comparisons = [compare(base, r, kind) for i, r in enumerate(runs) if i != baseline]
+    headers = ["<th>run</th>"] + [f'<th class="num">{h}</th>' for h in
+                                  ("compared", "wins", "losses", "ties", "mean Δ", "unmatched")]
+    rows = [_summary_row(c) for c in comparisons]
+    intro = (f'<p class="note">Each run against the baseline <strong>{esc(run_name(base))}</strong>, question by '
+             f"question (matched by id). A win is a higher score: {esc(PER_QUESTION.get(kind, MISSING))}.</p>")
+    details = "".join(_comparison_details(base, c) for c in comparisons)
+    table = _table(headers, rows, ' id="comparisons"')
+    return f"<section><h2>Wins and losses against the baseline</h2>{intro}{table}{details}</section>"
+
+
+def _summary_row(c: Comparison) -> str:
+    mean = sum(d.delta for d in c.diffs) / len(c.diffs) if c.diffs else None
+    cells = [len(c.diffs), f'<span class="win">{len(c.wins)}</span>', f'<span class="loss">{len(c.losses)}</span>',
+             c.ties, MISSING if mean is None else f"{mean:+.3f}", c.unmatched]
+    tds = "".join(f'<td class="num">{v}</td>' for v in cells)
+    return f'<tr data-run="{esc(run_id(c.run))}"><td>{esc(run_name(c.run))}</td>{tds}</tr>'
+
+
+def _comparison_details(base: Run, c: Comparison) -> str:
+    headers = ["<th>question</th>", f"<th>{esc(run_name(base))}</th>", f"<th>{esc(run_name(c.run))}</th>",
+               '<th class="num">baseline</th>', '<th class="num">this run</th>', '<th class="num">Δ</th>']
+    tables = []
+    for title, diffs in (("Biggest wins", c.wins[:TOP]), ("Biggest losses", c.losses[:TOP])):
+        body = _table(headers, [_diff_row(d) for d in diffs]) if diffs else '<p class="note">No such questions.</p>'
+        tables.append(f"<h4>{title}</h4>{body}")
+    counts = f"{_count(len(c.wins), 'win')}, {_count(len(c.losses), 'loss')}"
+    summary = f"{esc(run_name(c.run))} vs {esc(run_name(base))}: {counts}"
+    return f'<details class="compare" open><summary>{summary}</summary>{"".join(tables)}</details>'
+
+
+def _diff_row(d: Diff) -> str:
+    cls = "win" if d.delta > 0 else "loss"
+    return (f"<tr><td>{esc(d.base.get('question', d.base.get('id')))}</td><td>{_answer(d.base)}</td>"
+            f'<td>{_answer(d.other)}</td><td class="num">{_score(d.base_score)}</td>'
+            f'<td class="num">{_score(d.other_score)}</td><td class="num {cls}">{d.delta:+.3f}</td></tr>')
+
+
+def _failures_section(runs: list[Run], kind: str | None) -> str:
+    measure = esc(PER_QUESTION.get(kind, MISSING))
+    intro = (f'<p class="note">Up to {TOP} lowest-scored questions of each run ({measure}; perfect scores left out), '
+             "with what the model saw.</p>")
+    blocks = [_run_failures(r, kind, open_=i == len(runs) - 1) for i, r in enumerate(runs)]
+    return f'<section><h2>Worst questions</h2>{intro}{"".join(blocks)}</section>'
+
+
+def _run_failures(run: Run, kind: str | None, open_: bool) -> str:
+    cases = worst(run, kind)
+    body = "".join(_case(score, row) for score, row in cases) or '<p class="note">No question scored below 1.</p>'
+    flag = " open" if open_ else ""
+    summary = f"{esc(run_name(run))} <span class=\"muted\">({_count(len(cases), 'question')})</span>"
+    return f'<details class="run-failures"{flag}><summary>{summary}</summary>{body}</details>'
+
+
+def _case(score: float, row: dict[str, Any]) -> str:
+    answers = row.get("answers")
+    fields = [("question", esc(row.get("question", MISSING))),
+              ("gold answers", esc(" | ".join(map(str, answers))) if answers else MISSING),
+              ("prediction", esc(row["prediction"]) if "prediction" in row else MISSING),
+              ("score", _score(score)),
+              ("gold rank", _gold_rank(row)),
+              ("citations", esc(", ".join(map(str, row["citations"]))) if row.get("citations") else MISSING),
+              ("retrieved", _sources(row.get("retrieved") or []))]
+    items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in fields)
+    prompt = row.get("prompt")
+    shown = f"<details><summary>prompt</summary><pre>{esc(_prompt_text(prompt))}</pre></details>" if prompt else ""
+    return f'<div class="case" data-question="{esc(row.get("id", ""))}"><dl>{items}</dl>{shown}</div>'
+
+
+def _gold_rank(row: dict[str, Any]) -> str:
+    if "gold_rank" not in row:
+        return MISSING
+    return esc(row["gold_rank"]) if row["gold_rank"] else "not retrieved"
+
+
+def _sources(hits: list[dict[str, Any]]) -> str:
+    if not hits:
+        return MISSING
+    items = [f"<li value=\"{esc(h.get('rank', ''))}\">{esc(h.get('source', MISSING))} "
+             f"<span class=\"muted\">{esc(h.get('doc_id', ''))} · {esc(h.get('chunk_id', ''))}</span></li>"
+             for h in hits if isinstance(h, dict)]
+    return f'<ol class="sources">{"".join(items)}</ol>'
+
+
+# ---------------------------------------------------------------------------------------------
+# Page
+
+CSS = """
+:root { --fg: #1f2937; --muted: #6b7280; --border: #e5e7eb; --head: #f3f4f6; --alt: #fafafa;
+        --accent: #2563eb; --best: #dcfce7; --win: #15803d; --loss: #b91c1c; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff; line-height: 1.5;
+       font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 28px 32px 56px; }
+h1 { font-size: 1.6rem; margin: 0 0 4px; }
+h2 { font-size: 1.2rem; margin: 36px 0 12px; padding-bottom: 6px; border-bottom: 1px solid var(--border); }
+h4 { font-size: .95rem; margin: 14px 0 6px; }
+.meta, .note, .muted { color: var(--muted); }
+.note { font-size: .875rem; margin: 8px 0; }
+.warn { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 6px; padding: 8px 12px; font-size: .9rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-size: .875rem; }
+th, td { padding: 6px 10px; border-bottom: 1px solid var(--border); text-align: left; vertical-align: top; }
+th { background: var(--head); font-weight: 600; vertical-align: bottom; }
+th.num { white-space: normal; }
+tr.groups th { background: #fff; text-align: center; font-size: .75rem; color: var(--muted); font-weight: 600;
+               text-transform: uppercase; letter-spacing: .04em; border-bottom: 2px solid var(--border);
+               padding: 4px; }
+tr.groups th.group { border-left: 8px solid #fff; }
+#metrics td:nth-child(-n+2), td.run { white-space: nowrap; }
+h3 { font-size: 1rem; margin: 22px 0 8px; }
+tbody tr:nth-child(even) { background: var(--alt); }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { background: var(--best); font-weight: 600; }
+code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace;
+            font-size: .8rem; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f8fafc; border: 1px solid var(--border);
+      border-radius: 6px; padding: 10px 12px; max-height: 480px; overflow: auto; }
+.badge { font-size: .7rem; background: #fef3c7; color: #92400e; border-radius: 4px; padding: 1px 5px; }
+.win { color: var(--win); font-weight: 600; } .loss { color: var(--loss); font-weight: 600; }
+details { margin: 10px 0; }
+details > summary { cursor: pointer; font-weight: 600; }
+.case { border: 1px solid var(--border); border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
+.case dl { display: grid; grid-template-columns: 120px 1fr; gap: 4px 14px; margin: 0; font-size: .9rem; }
+.case dt { color: var(--muted); } .case dd { margin: 0; overflow-wrap: anywhere; }
+.case details > summary { font-weight: 500; color: var(--accent); font-size: .875rem; }
+ol.sources { margin: 0; padding-left: 1.4em; }
+svg.chart { max-width: 100%; height: auto; display: block; }
+svg .grid { stroke: #eef0f3; } svg .axis { stroke: #9ca3af; }
+svg .tick { font-size: 11px; fill: var(--muted); } svg .axis-label { font-size: 12px; fill: var(--fg); }
+svg .point { fill: #9ca3af; stroke: #fff; stroke-width: 2; } svg .point.pareto { fill: var(--accent); }
+svg .front { fill: none; stroke: var(--accent); stroke-width: 1.5; stroke-dasharray: 5 4; }
+svg .point-label { font-size: 12px; fill: var(--fg); }
+.dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; background: #9ca3af;
+       vertical-align: -1px; }
+.dot.pareto { background: var(--accent); }
+"""
+
+
+def _page(body: str) -> str:
+    head = ('<meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>ragtune report</title><style>{CSS}</style>")
+    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head>\n<body><main>\n{body}\n</main></body></html>\n'

@@ -1,0 +1,275 @@
+"""``ragtune experiment run SWEEP.toml``: evaluate many configurations of the workspace on one
+question set, sharing all the work that can be shared, and resume where an interruption stopped.
+
+A sweep file::
+
+    name = "k-and-mode"            # optional; default: the file's name
+    qa = "questions.jsonl"         # relative to the sweep file
+    arm = "retrieval"              # retrieval | rag | closed-book
+    limit = 0                      # first N questions; 0 = all
+
+    [base]                         # settings for every run, as in ragtune.toml
+    generate.max_tokens = 48
+
+    [grid]                         # every combination of these values
+    "retrieve.k" = [1, 3, 5, 10]
+    "retrieve.mode" = ["dense", "hybrid"]
+
+    [[runs]]                       # and/or a list of runs, each its own settings
+    name = "small-chunks"
+    "ingest.chunk_tokens" = 128
+
+Sharing: every run over the same chunking and embedder uses one index (the workspace's own when
+they match it, else ``.ragtune/indexes/<key>/``, built from the workspace's ingested paths);
+embeddings come from the workspace's cache, so an index with another chunk size embeds only the
+chunk texts never embedded before; query vectors and dense/BM25 rankings are computed once per
+index and question (``RankingMemo``), so runs that differ in k, mode or fusion settings only fuse.
+
+Resume: a run's id hashes its resolved config, the question file's sha256, the arm and the limit;
+a run folder with ``metrics.json`` is finished and skipped (``force`` reruns it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ragtune.config import Config
+from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.evaluate.qa_eval import ARMS
+from ragtune.experiment.runs import RUNS_DIR, Run, load_run, write_run
+from ragtune.experiment.tracking import flatten
+
+SWEEP_KEYS = {"name", "qa", "arm", "limit", "base", "grid", "runs"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    qa: Path
+    arm: str = "retrieval"
+    limit: int = 0
+    base: dict[str, Any] = field(default_factory=dict)
+    variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # dotted key -> value, one per run
+
+
+@dataclass
+class PlannedRun:
+    id: str
+    name: str
+    params: dict[str, Any]  # what this run sets beyond the workspace config and [base]
+    config: Config
+
+
+@dataclass
+class Outcome:
+    planned: PlannedRun
+    run: Run
+    status: str  # "done" | "skipped"
+    seconds: float
+
+
+@dataclass
+class SweepResult:
+    outcomes: list[Outcome]
+    ingests: dict[str, Any]  # index key -> IngestReport of the indexes the sweep built or refreshed
+
+    @property
+    def chunks_embedded(self) -> int:
+        return sum(r.chunks_embedded for r in self.ingests.values())
+
+
+def load_sweep(path: Path) -> Sweep:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    unknown = set(data) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(SWEEP_KEYS))}")
+    if "qa" not in data:
+        raise ConfigError(f"{path}: missing 'qa' (the question set, a QA JSONL file relative to the sweep file)")
+    arm = data.get("arm", "retrieval")
+    if arm not in ARMS:
+        raise ConfigError(f"{path}: arm = {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
+    return Sweep(name=str(data.get("name") or path.stem), path=path, qa=(path.parent / data["qa"]).resolve(), arm=arm,
+                 limit=int(data.get("limit", 0)), base=flatten(data.get("base", {})), variants=_variants(data, path))
+
+
+def _variants(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    grid = flatten(data.get("grid", {}))
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: [grid] {key} must be a non-empty list of values")
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    listed = data.get("runs", [])
+    if not isinstance(listed, list) or not all(isinstance(r, dict) for r in listed):
+        raise ConfigError(f"{path}: 'runs' must be an array of tables ([[runs]])")
+    variants = combos + [flatten(r) for r in listed]
+    return variants or [{}]
+
+
+def apply(config: Config, settings: dict[str, Any], origin: str) -> Config:
+    """``config`` with dotted settings (``"retrieve.k": 3``) applied and validated."""
+    data = dataclasses.asdict(config)
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        if section not in data or not name or "." in name:
+            raise ConfigError(f"{origin}: {key!r} is not a setting; write SECTION.KEY with a section of ragtune.toml "
+                              f"({', '.join(data)})")
+        data[section][name] = value
+    return Config.from_dict(data, origin=origin)
+
+
+def plan(ws, sweep: Sweep) -> list[PlannedRun]:
+    base = apply(ws.config, sweep.base, f"{sweep.path} [base]")
+    qa_sha = hashlib.sha256(sweep.qa.read_bytes()).hexdigest() if sweep.qa.is_file() else ""
+    planned = []
+    for variant in sweep.variants:
+        params = {k: v for k, v in variant.items() if k != "name"}
+        config = apply(base, params, f"{sweep.path} run {variant.get('name') or params}")
+        label = variant.get("name") or " ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
+        planned.append(PlannedRun(run_id(config, qa_sha, sweep.arm, sweep.limit), f"{sweep.name}:{label}" if label else sweep.name,
+                                  params, config))
+    ids = [p.id for p in planned]
+    if len(set(ids)) < len(ids):
+        raise ConfigError(f"{sweep.path}: some runs have identical settings; remove the duplicates")
+    return planned
+
+
+def run_id(config: Config, qa_sha: str, arm: str, limit: int) -> str:
+    """Same settings, questions, arm and limit -> same id (the experiment section does not count)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "experiment"}
+    blob = json.dumps({"config": settings, "qa": qa_sha, "arm": arm, "limit": limit}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def index_key(config: Config) -> str:
+    """What decides an index's content: the chunk-shaping settings and the embedder."""
+    shaping = {k: v for k, v in dataclasses.asdict(config.ingest).items() if k != "commit_chunks"}
+    blob = json.dumps({"ingest": shaping, "embed": [config.embed.model, config.embed.backend]}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+class Indexes:
+    """One workspace view per index: the workspace's own, or one built under ``.ragtune/indexes/``."""
+
+    def __init__(self, ws, depth: int, progress=None, log=print) -> None:
+        self.ws, self.depth, self.progress, self.log = ws, depth, progress, log
+        self.views: dict[str, Any] = {}
+        self.ingests: dict[str, Any] = {}
+
+    def for_config(self, config: Config):
+        key = index_key(config)
+        if key not in self.views:
+            self.views[key] = self._open(key, config)
+        view = self.views[key]
+        return view.with_config(apply(config, {"store.path": view.config.store.path}, "sweep"))
+
+    def _open(self, key: str, config: Config):
+        from ragtune.retrieve import RankingMemo
+
+        if key == index_key(self.ws.config):
+            view = self.ws.with_config(self.ws.config)
+            if not view.store.exists() or not view.stats().chunks:
+                raise WorkspaceError(f"the index in {view.root} is empty: run `ragtune ingest PATH` before a sweep")
+        else:
+            from ragtune.workspace import STATE_DIR
+
+            view = self.ws.with_config(apply(config, {"store.path": f"{STATE_DIR}/indexes/{key}"}, "sweep"))
+            report = view.ingest(None, progress=self.progress)  # the workspace's ingested paths; cached embeddings reused
+            self.ingests[key] = report
+            self.log(f"index {key}: {report.chunks_written} chunks written, {report.chunks_embedded} embedded (the rest from cache)")
+        view.rankings = RankingMemo(self.depth)
+        return view
+
+
+def run_sweep(ws, sweep: Sweep, force: bool = False, progress=None, log=print) -> SweepResult:
+    """Run every planned run not finished yet; each lands in a run folder and in MLflow."""
+    from ragtune.evaluate.qa import load_qa
+    from ragtune.evaluate.qa_eval import evaluate_qa
+    from ragtune.experiment.tracking import tracker_for
+
+    items = load_qa(sweep.qa)[: sweep.limit or None]
+    planned = plan(ws, sweep)
+    tracker = tracker_for(ws)
+    depth = max(max(p.config.retrieve.k, p.config.retrieve.candidates) for p in planned)
+    indexes = Indexes(ws, depth, progress, log)
+    outcomes = []
+    for n, p in enumerate(planned, start=1):
+        folder = ws.state_dir / RUNS_DIR / p.id
+        t0 = time.perf_counter()
+        if (folder / "metrics.json").exists() and not force:
+            run, status = load_run(folder), "skipped"
+        else:
+            view = indexes.for_config(p.config)
+            started = now()
+            result = evaluate_qa(view, items, arm=sweep.arm, progress=progress)
+            run = record_run(view, folder, p.name, result, sweep.qa, started, params=p.params, sweep=sweep.name)
+            status = "done"
+        if tracker:
+            tracker.log(run, sweep.name)  # idempotent: logs what an interruption left unlogged
+        outcomes.append(Outcome(p, run, status, time.perf_counter() - t0))
+        log(f"[{n}/{len(planned)}] {status:>7} {p.id} {p.name}")
+    return SweepResult(outcomes, indexes.ingests)
+
+
+def record_run(ws, folder: Path, name: str, result: dict[str, Any], qa: Path, started: str,
+               params: dict[str, Any] | None = None, sweep: str | None = None) -> Run:
+    """Write the run folder of an ``evaluate_qa`` result obtained with ``ws``'s settings."""
+    info = {"id": folder.name, "name": name, "sweep": sweep, "arm": result["arm"], "status": "finished",
+            "params": params or {}, "config": dataclasses.asdict(ws.config),
+            "qa": {"path": str(qa), "sha256": hashlib.sha256(Path(qa).read_bytes()).hexdigest(), "questions": result["questions"]},
+            "environment": environment(ws, result["arm"]), "started": started, "finished": now()}
+    return write_run(folder, info, result["predictions"], result["metrics"])
+
+
+def environment(ws, arm: str) -> dict[str, Any]:
+    """Package versions, model identities and the index version a run used."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("ragtune", "lancedb", "onnxruntime", "sentence-transformers", "llama-cpp-python", "transformers", "peft", "mlflow-skinny"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    env: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
+    if arm != "closed-book":
+        meta = ws.store.require_meta()
+        env.update(embedder=meta.get("model_id"), index_path=ws.config.store.path, index_version=ws.store.pinned_version)
+    if arm != "retrieval":
+        env["generator"] = ws.generator.name
+        env["generator_sha256"] = generator_sha256(ws)
+    return env
+
+
+def generator_sha256(ws) -> str | None:
+    from ragtune.embed import file_sha256, weights_hash
+    from ragtune.generate import MODELS, model_path
+
+    cfg = ws.config.generate
+    if cfg.backend == "openai" and cfg.model not in MODELS:
+        return None  # a remote model: its name is all we know
+    path = model_path(cfg.model, ws.root)
+    try:
+        return file_sha256(path) if path.is_file() else weights_hash(path)
+    except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,87 @@
+"""MLflow tracking of run folders: params = the fully resolved config, metrics = the aggregates,
+artifacts = the run folder (run.json, metrics.json, predictions.jsonl).
+
+The default store is local, inside the workspace: ``sqlite:///.ragtune/mlflow.db`` with artifacts
+in ``.ragtune/mlartifacts/`` (browse it with ``mlflow ui --backend-store-uri sqlite:///.ragtune/mlflow.db``).
+Logging is idempotent: a run already logged (tag ``ragtune.run_id``) is not logged twice, so a
+resumed sweep can log what an interruption left unlogged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError
+from ragtune.experiment.runs import Run
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"retrieve": {"k": 5}}`` -> ``{"retrieve.k": 5}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / `` and space: ``recall@k`` -> ``recall_at_k``."""
+    return re.sub(r"[^\w\-./ ]", "_", name.replace("@", "_at_"))
+
+
+class Tracker:
+    """Logs finished runs to one MLflow tracking store."""
+
+    def __init__(self, uri: str, state_dir: Path) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ConfigError("MLflow is not installed: `pip install mlflow-skinny sqlalchemy alembic`, "
+                              "or set [experiment] tracking_uri = \"none\" in ragtune.toml") from None
+        for name in ("mlflow", "alembic"):  # set after the import: mlflow configures its loggers on import
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.local = not uri
+        self.uri = uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+        self.artifacts = state_dir / "mlartifacts"
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifacts / name).resolve().as_uri() if self.local else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def log(self, run: Run, experiment: str) -> str:
+        """Log ``run`` (once); returns the MLflow run id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        exp = self.experiment_id(experiment)
+        found = self.client.search_runs([exp], f"tags.`ragtune.run_id` = '{run.id}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {"ragtune.run_id": run.id, "ragtune.arm": run.info.get("arm", ""), "ragtune.sweep": run.info.get("sweep") or "",
+                "ragtune.index_version": str(run.info.get("environment", {}).get("index_version"))}
+        created = self.client.create_run(exp, run_name=run.name, tags=tags)
+        rid = created.info.run_id
+        params = {**flatten(run.info.get("config", {})), "arm": run.info.get("arm"), "qa": run.info.get("qa", {}).get("path"),
+                  "questions": run.info.get("qa", {}).get("questions")}
+        metrics = [Metric(metric_name(k), float(v), 0, 0) for k, v in (run.metrics or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                              tags=[RunTag(f"env.{k}", str(v)[:5000]) for k, v in flatten(run.info.get("environment", {})).items()])
+        self.client.log_artifacts(rid, str(run.path))
+        self.client.set_terminated(rid)
+        return rid
+
+
+def tracker_for(ws) -> Tracker | None:
+    """The workspace's tracker, or None when ``[experiment] tracking_uri = "none"``."""
+    uri = ws.config.experiment.tracking_uri
+    return None if uri.lower() == "none" else Tracker(uri, ws.state_dir)
