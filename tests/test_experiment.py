@@ -177,6 +177,6 @@ def test_cli_sweep_runs_list_compare(fresh_ws, tmp_path):
     assert [x["id"] for x in listed] == ids and all(x["finished"] for x in listed)
     r = run_cli("runs", "compare", ids[0], ids[1][:6], "-w", fresh_ws.root)
     assert r.returncode == 0, r.stderr
-    assert "retrieve.mode: 'bm25' → 'hybrid'" in r.stdout and "10 questions:" in r.stdout
+    assert "retrieve.mode: 'bm25' → 'hybrid'" in r.stdout and "10 questions scored by hit" in r.stdout
     r = run_cli("runs", "compare", ids[0], "nope", "-w", fresh_ws.root)
     assert r.returncode != 0 and "no run 'nope'" in r.stderr and "Traceback" not in r.stderr

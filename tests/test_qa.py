@@ -51,8 +51,13 @@ def test_eval_qa_rag_and_closed_book(tmp_path):
     qa.write_text('{"id": "founder", "question": "Who founded the observatory?", "answers": ["Cornelius Vantreight"], "doc_ids": ["docs/history.html"]}\n'
                   '{"id": "badge", "question": "Where is the Badge Office?", "answers": ["room G-114", "G-114"]}\n')
     items = load_qa(qa)
-    rag = evaluate_qa(ws, items, arm="rag")
+    rag = evaluate_qa(ws, items, arm="rag", judge=ws.generator)
     by_id = {p["id"]: p for p in rag["predictions"]}
+    judged = [p["judge"] for p in rag["predictions"]]
+    assert all(j["parsed"] == (j["score"] in (0.0, 1.0)) and j["prompt"] for j in judged)
+    failures = sum(not j["parsed"] for j in judged)
+    assert rag["metrics"]["judge_parse_failures"] == failures
+    assert rag["metrics"]["judge_parse_failure_rate"] == failures / len(judged)
     assert by_id["founder"]["contains"] == 1.0 and by_id["badge"]["contains"] == 1.0
     assert by_id["founder"]["prompt"].startswith("<|im_start|>system") and by_id["founder"]["retrieved"]
     assert rag["metrics"]["contains"] == 1.0 and 0 < rag["metrics"]["groundedness"] <= 1
@@ -64,3 +69,8 @@ def test_eval_qa_rag_and_closed_book(tmp_path):
     r = run_cli("eval", "qa", "--qa", qa, "--json", out, "--workspace", ws.root)
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["metrics"]["contains"] == 1.0
+    from ragtune.experiment.runs import iter_runs
+
+    (run,) = iter_runs(ws.state_dir / "runs")  # recorded: run folder (+ MLflow)
+    assert run.finished and run.metrics["contains"] == 1.0 and len(run.predictions) == 2
+    assert run.info["qa"]["questions"] == 2 and run.info["environment"]["generator_sha256"]

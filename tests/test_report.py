@@ -10,7 +10,8 @@ import pytest
 
 from ragtune.evaluate.answers import abstained, best, contains, exact_match, f1
 from ragtune.evaluate.qa_eval import aggregate
-from ragtune.experiment.report import Point, compare, dominates, nice_ticks, render_report, write_report
+from ragtune.experiment.report import (Point, compare, dominates, nice_ticks, question_score, render_report,
+                                       write_report)
 from ragtune.experiment.runs import load_run, write_run
 
 QUESTIONS = [
@@ -39,6 +40,7 @@ def prediction_row(qid, question, golds, source, text, total_s, gold_rank):
     return {"id": qid, "question": question, "answers": golds, "prediction": text,
             "em": best(exact_match, text, golds), "f1": best(f1, text, golds), "contains": best(contains, text, golds),
             "abstained": abstained(text), "prompt": prompt, "retrieved": retrieved, "gold_rank": gold_rank,
+            "ndcg": 1.0 if gold_rank == 1 else 0.0,  # one gold document: exact
             "citations": [1], "citation_method": "marker",
             "usage": {"prompt_tokens": 180 + 20 * len(golds), "completion_tokens": len(text.split())},
             "timings": {"retrieve_s": total_s / 6, "generate_s": total_s * 5 / 6, "total_s": total_s}}
@@ -99,7 +101,7 @@ def test_metrics_table_has_only_present_columns_and_highlights_the_best(runs, tm
     table = page.split('id="metrics"')[1].split("</table>")[0]
     assert "<th>mode</th>" in table and "<th>k</th>" in table  # the params the runs differ in
     assert "sweep" not in table  # the same for every run
-    assert "judge" not in table and "ndcg" not in table  # no run has them
+    assert "judge" not in table and "groundedness" not in table and "ndcg@k" in table  # only what runs have
     best_f1 = f"{runs[1].metrics['f1']:.3f}"
     assert f'<td class="num best">{best_f1}</td>' in table
     costs = page.split('id="costs"')[1].split("</table>")[0]
@@ -148,6 +150,13 @@ def test_nice_ticks_cover_the_range():
     assert len(nice_ticks(5, 5)) >= 2
 
 
+def test_question_scores_follow_the_quality_measure():
+    row = {"f1": 0.5, "gold_rank": 3, "ndcg": 0.5}
+    assert [question_score(row, kind) for kind in ("f1", "hit", "ndcg", None)] == [0.5, 1.0, 0.5, None]
+    assert question_score({"gold_rank": None}, "hit") == 0.0  # searched, gold not in the top k
+    assert question_score({"prediction": "x"}, "hit") is None and question_score({}, "f1") is None
+
+
 def test_retrieval_only_runs_use_recall_and_gold_rank(tmp_path):
     runs = []
     for name, ranks, p50 in [("dense", [1, 3, None], 8.0), ("bm25", [2, None, None], 2.0)]:
@@ -166,13 +175,19 @@ def test_retrieval_only_runs_use_recall_and_gold_rank(tmp_path):
     assert (len(c.wins), len(c.losses), c.ties) == (0, 1, 2)
 
 
-def test_report_tolerates_missing_keys(tmp_path):
-    bare = write_run(tmp_path / "bare", {"id": "bare"}, [{"id": "q1", "question": "Why?"}, {}], {})
-    unfinished = load_run(write_run(tmp_path / "half", {"id": "half", "name": "half"}, [], {}).path)
-    (unfinished.path / "metrics.json").unlink()
-    page = render_report([bare, load_run(unfinished.path)], baseline=1)
+def test_report_tolerates_missing_keys_and_odd_values(tmp_path):
+    rows = [{"id": "q1", "question": "Why?"}, {},
+            {"id": "q2", "question": "Who?", "answers": "Ada", "prediction": None, "f1": 0.0, "citations": 3,
+             "prompt": [{"role": "user", "content": "Who? <b>bold</b>"}], "retrieved": "not a list"}]
+    bare = write_run(tmp_path / "bare", {"id": "bare", "params": "not a dict"}, rows, {"f1": float("nan")})
+    half = write_run(tmp_path / "half", {"id": "half", "name": "half"}, [], {})
+    (half.path / "metrics.json").unlink()
+    page = render_report([bare, load_run(half.path)], baseline=1)
     assert "unfinished" in page and "No run has both a quality metric" in page
-    assert "–" in page and "None" not in page.split("<main>")[1]
+    assert "&quot;role&quot;: &quot;user&quot;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page  # chat prompt shown as JSON, escaped
+    assert "<dd>Ada</dd>" in page and "<dd>3</dd>" in page
+    main = page.split("<main>")[1]
+    assert "–" in main and "None" not in main and ">nan<" in main  # NaN shown as stored, not as a number
 
 
 def test_bad_baseline_is_a_config_error(runs):

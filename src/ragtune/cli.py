@@ -269,6 +269,7 @@ def eval_qa(qa: Annotated[Path, typer.Option("--qa", help="QA JSONL file (id, qu
             limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.", show_default=False)] = None,
             json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and every prediction (prompt, retrieved ids, answer) here.", show_default=False)] = None,
             track: Annotated[bool, typer.Option("--track/--no-track", help="Record the run in .ragtune/runs/ and MLflow.")] = True,
+            judge: Annotated[bool, typer.Option("--judge", help="Also grade each answer with the generator as an LLM judge (strict verdicts; parse failures reported).")] = False,
             workspace: WorkspaceOpt = None) -> None:
     """Answer a question set and score EM/F1/contains, evidence recall, citations, groundedness, latency."""
     from ragtune.evaluate.qa import load_qa
@@ -280,7 +281,7 @@ def eval_qa(qa: Annotated[Path, typer.Option("--qa", help="QA JSONL file (id, qu
     ws.config = ws.config.override("retrieve", k=k, mode=mode)
     started = now()
     with _RichProgress() as progress:
-        result = evaluate_qa(ws, items, arm=arm, progress=progress)
+        result = evaluate_qa(ws, items, arm=arm, progress=progress, judge=ws.generator if judge else None)
     c = _console()
     c.print(f"[bold]{qa.name}[/] · {result['questions']} questions · arm {arm}" + (f" · {result['generator']}" if result["generator"] else ""))
     _print_metrics(result["metrics"], c)
@@ -307,7 +308,7 @@ def _record(ws, qa: Path, result: dict, started: str, limit: Optional[int]):
     from ragtune.experiment.tracking import tracker_for
 
     stamp = started.replace("-", "").replace(":", "").replace("T", "-")[:15]  # 20261125-201618
-    rid = f"{run_id(ws.config, hashlib.sha256(qa.read_bytes()).hexdigest(), result['arm'], limit or 0)}-{stamp}"
+    rid = f"{run_id(ws.config, hashlib.sha256(qa.read_bytes()).hexdigest(), result['arm'], limit or 0, bool(result.get('judge')))}-{stamp}"
     run = record_run(ws, ws.state_dir / RUNS_DIR / rid, f"{qa.stem}:{result['arm']}", result, qa, started)
     tracker = tracker_for(ws)
     if tracker:
@@ -379,33 +380,49 @@ def runs_compare(a: Annotated[str, typer.Argument(help="Baseline run: id, id pre
     """Two runs side by side: metrics with deltas, the settings that differ, per-question wins and losses."""
     from rich.table import Table
 
-    from ragtune.experiment.runs import RUNS_DIR, compare, find_run
+    from ragtune.experiment.report import compare, per_question_kind, pick_metric, quality_candidates
+    from ragtune.experiment.runs import RUNS_DIR, find_run
+    from ragtune.experiment.tracking import flatten
 
     runs_dir = _workspace(workspace).state_dir / RUNS_DIR
     ra, rb = find_run(runs_dir, a), find_run(runs_dir, b)
-    result = compare(ra, rb)
     c = _console()
     table = Table("metric", ra.id, rb.id, "delta")
-    for name, (va, vb) in result["metrics"].items():
+    for name in dict.fromkeys([*(ra.metrics or {}), *(rb.metrics or {})]):
+        va, vb = (ra.metrics or {}).get(name), (rb.metrics or {}).get(name)
         delta = f"{vb - va:+.4f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else "–"
         table.add_row(name, _fmt(va), _fmt(vb), delta)
     c.print(table)
-    for key, (va, vb) in result["settings"].items():
-        c.print(f"  {key}: {va!r} → {vb!r}")
-    c.print(f"{result['questions']} questions: {rb.id} wins {result['wins']}, loses {result['losses']}, ties {result['ties']}")
+    ca, cb = flatten(ra.info.get("config", {})), flatten(rb.info.get("config", {}))
+    for key in sorted(set(ca) | set(cb)):
+        if ca.get(key) != cb.get(key):
+            c.print(f"  {key}: {ca.get(key)!r} → {cb.get(key)!r}")
+    kind = per_question_kind([ra, rb], pick_metric([ra, rb], quality_candidates([ra, rb])))
+    result = compare(ra, rb, kind)
+    c.print(f"{len(result.diffs)} questions scored by {kind}: {rb.id} wins {len(result.wins)}, "
+            f"loses {len(result.losses)}, ties {result.ties}")
 
 
 @app.command()
-def report(runs: Annotated[list[str], typer.Argument(help="Runs (id, id prefix, name or folder); the first is the baseline.")],
+def report(runs: Annotated[Optional[list[str]], typer.Argument(help="Runs (id, id prefix, name or folder); the first is the baseline.", show_default=False)] = None,
+           sweep: Annotated[Optional[str], typer.Option("--sweep", help="Also every finished run of this sweep (by name), in the order they ran.", show_default=False)] = None,
            out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained, works offline).")] = Path("report.html"),
            workspace: WorkspaceOpt = None) -> None:
     """One HTML file: metrics table, quality-vs-latency chart (Pareto front), wins/losses, worst failures."""
     from ragtune.experiment.report import write_report
-    from ragtune.experiment.runs import RUNS_DIR, find_run
+    from ragtune.experiment.runs import RUNS_DIR, find_run, iter_runs
 
     runs_dir = _workspace(workspace).state_dir / RUNS_DIR
-    path = write_report([find_run(runs_dir, r) for r in runs], out)
-    _console().print(f"wrote {path}")
+    chosen = [find_run(runs_dir, r) for r in runs or []]
+    if sweep:
+        members = [r for r in iter_runs(runs_dir) if r.info.get("sweep") == sweep and r.finished]
+        if not members:
+            from ragtune.errors import WorkspaceError
+
+            raise WorkspaceError(f"no finished runs of sweep {sweep!r}; see `ragtune runs list`")
+        chosen += [r for r in members if r.id not in {c.id for c in chosen}]
+    path = write_report(chosen, out)
+    _console().print(f"wrote {path} ({len(chosen)} runs)")
 
 
 @data_app.command("import-squad")
@@ -431,6 +448,29 @@ def data_import_beir(folder: Annotated[Path, typer.Argument(help="BEIR folder: c
     n = write_qa(from_beir(folder, split), out)
     _console().print(f"wrote {n} retrieval-only questions to {out}; next: ragtune ingest {folder}/corpus.jsonl, "
                      f"then ragtune eval qa --arm retrieval --qa {out}")
+
+
+@data_app.command("synth-qa")
+def data_synth_qa(out: Annotated[Path, typer.Option("--out", "-o", help="QA JSONL to write.")],
+                  n: Annotated[int, typer.Option("-n", help="Questions wanted (at most 3n chunks are tried).")] = 20,
+                  docs: Annotated[Optional[list[Path]], typer.Option("--docs", help="Ingest these files/folders first (else: what is already indexed).", show_default=False)] = None,
+                  seed: Annotated[int, typer.Option("--seed", help="Which chunks are sampled.")] = 0,
+                  generator: GenOpt = None, model: ModelOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Write question/answer pairs from indexed chunks with a generator; each tied to its chunk. Review them before trusting them."""
+    from ragtune.evaluate.qa import write_qa
+    from ragtune.evaluate.synth import synth_qa
+
+    ws = _rag_workspace(workspace, generator, model)
+    with _RichProgress() as progress:
+        if docs:
+            ws.ingest(docs, progress=progress)
+        items, stats = synth_qa(ws, ws.generator, n, seed=seed, progress=progress)
+    write_qa(items, out)
+    c = _console()
+    c.print(f"wrote {len(items)} questions to {out} ({ws.generator.name}) · " + " · ".join(f"{k} {v}" for k, v in stats.items()))
+    if len(items) < n:
+        c.print(f"[yellow]fewer than {n}[/]: the generator's pairs were rejected (see the counts); a stronger model "
+                "(--generator openai) or more documents help")
 
 
 @data_app.command("validate")

@@ -32,7 +32,9 @@ CLOSED_BOOK = "Answer the question briefly and directly. If you do not know, say
 
 
 def evaluate_qa(ws, items: list[QAItem], arm: str = "rag", k: int | None = None, mode: str | None = None,
-                progress=None) -> dict[str, Any]:
+                progress=None, judge=None) -> dict[str, Any]:
+    """Answer and score every item; with ``judge`` (a generator) every answer is also graded by it
+    (``evaluate.judge``: strict verdicts, parse failures counted in the metrics)."""
     if arm not in ARMS:
         raise ConfigError(f"--arm {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
     from ragtune.ingest.pipeline import Quiet
@@ -51,9 +53,28 @@ def evaluate_qa(ws, items: list[QAItem], arm: str = "rag", k: int | None = None,
             _charge(row["timings"], memo.saved_s - saved)
         predictions.append(row)
         progress.advance(task)
+    metrics = aggregate(predictions)
+    if judge is not None and arm != "retrieval":
+        metrics.update(_judge_all(judge, items, predictions, progress))
     return {"arm": arm, "questions": len(items), "generator": None if arm == "retrieval" else ws.generator.name,
-            "k": k, "mode": None if arm == "closed-book" else mode, "metrics": aggregate(predictions),
-            "predictions": predictions}
+            "k": k, "mode": None if arm == "closed-book" else mode, "judge": getattr(judge, "name", None),
+            "metrics": metrics, "predictions": predictions}
+
+
+def _judge_all(generator, items: list[QAItem], predictions: list[dict[str, Any]], progress) -> dict[str, Any]:
+    """Grade every answered question that has reference answers; stores each verdict in its row."""
+    from ragtune.evaluate.judge import aggregate_judgements, judge
+
+    todo = [(item, row) for item, row in zip(items, predictions) if item.answers and not row["abstained"]]
+    task = progress.task("judgements", len(todo))
+    judgements = []
+    for item, row in todo:
+        j = judge(generator, item.question, row["prediction"], item.answers)
+        row["judge"] = {"score": j.score, "verdict": j.verdict, "parsed": j.parsed, "raw": j.raw, "error": j.error,
+                        "prompt": j.prompt}
+        judgements.append(j)
+        progress.advance(task)
+    return {k: v for k, v in aggregate_judgements(judgements).items() if v is not None}
 
 
 def _charge(timings: dict[str, float], seconds: float) -> None:

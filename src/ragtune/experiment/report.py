@@ -2,7 +2,7 @@
 
 The page has four parts:
 
-1. a metrics table, one row per run, the best value of each column marked;
+1. metrics tables (quality, then cost), one row per run, the best value of each column marked;
 2. a quality-vs-latency chart (inline SVG), the runs on the Pareto front joined by a line;
 3. per-question wins and losses of every run against a baseline run (two runs or more);
 4. each run's worst questions, with the gold answers, the prediction, the retrieved sources and
@@ -22,9 +22,9 @@ from __future__ import annotations
 import html
 import json
 import math
-from itertools import groupby
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ QUALITY_PREFIXES = ("f1", "recall@", "ndcg@")
 LATENCIES = ("total_p50_ms", "retrieve_p50_ms")
 PER_QUESTION = {"f1": "token F1 of the prediction",
                 "hit": "gold document retrieved (1) or not (0)",
-                "rr": "reciprocal rank of the first gold document (0 when not retrieved)"}
+                "ndcg": "nDCG of the document ranking"}
 TOP = 5  # rows in each wins/losses/failures list
 
 
@@ -76,7 +76,7 @@ def render_report(runs: list[Run], baseline: int = 0) -> str:
         raise ConfigError(f"--baseline {baseline} is out of range; give 0 to {len(runs) - 1} (a run's position)")
     quality, latency = pick_metric(runs, quality_candidates(runs)), pick_metric(runs, LATENCIES)
     kind = per_question_kind(runs, quality)
-    body = [_header(runs, baseline, quality, latency, kind), _metrics_section(runs),
+    body = [_header(runs, baseline, kind), _metrics_section(runs),
             _chart_section(runs, quality, latency)]
     if len(runs) > 1:
         body.append(_compare_section(runs, baseline, kind))
@@ -108,8 +108,9 @@ def metric(run: Run, key: str) -> float | None:
 
 
 def metric_columns(runs: list[Run]) -> list[str]:
-    """Numeric metrics that at least one run has, in table order."""
-    keys = {k for r in runs for k in (r.metrics or {}) if metric(r, k) is not None}
+    """Numeric metrics (NaN included: it is shown as stored) that at least one run has, in table order."""
+    keys = {k for r in runs for k, v in (r.metrics or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return sorted(keys, key=_metric_order)
 
 
@@ -142,9 +143,21 @@ def label(key: str) -> str:
     return LABELS.get(key, key.replace("_", " "))
 
 
+def run_params(run: Run) -> dict[str, Any]:
+    """The run's settings: its resolved config (flattened) with the sweep's ``params`` on top;
+    where the index is stored and how runs are tracked are left out (they are not choices)."""
+    from ragtune.experiment.tracking import flatten
+
+    config = run.info.get("config")
+    settings = flatten(config) if isinstance(config, dict) else {}
+    params = run.info.get("params")
+    settings.update(params if isinstance(params, dict) else {})
+    return {k: v for k, v in settings.items() if not k.startswith(("store.", "experiment."))}
+
+
 def varying_params(runs: list[Run]) -> list[str]:
     """The ``params`` keys whose values differ between runs (all of them for a single run)."""
-    params = [r.info.get("params") or {} for r in runs]
+    params = [run_params(r) for r in runs]
     keys = sorted({k for p in params for k in p})
     if len(runs) == 1:
         return keys
@@ -170,26 +183,24 @@ def pick_metric(runs: list[Run], candidates: list[str] | tuple[str, ...]) -> str
 
 
 def per_question_kind(runs: list[Run], quality: str | None) -> str | None:
-    """How one question is scored, matching the run-level quality: F1, a hit, or a reciprocal rank."""
+    """How one question is scored, matching the run-level quality: its F1, a hit in the top k, or its nDCG."""
     if quality == "f1":
         return "f1"
     if quality and quality.startswith("recall@"):
         return "hit"
     if quality:
-        return "rr"
+        return "ndcg"
     rows = [row for r in runs for row in r.predictions]
     return "f1" if any("f1" in row for row in rows) else "hit" if any("gold_rank" in row for row in rows) else None
 
 
 def question_score(row: dict[str, Any], kind: str | None) -> float | None:
-    if kind == "f1":
-        return number(row.get("f1"))
-    if kind is None or "gold_rank" not in row:
+    """One prediction row's score (see ``PER_QUESTION``); None when the row cannot be scored that way."""
+    if kind in ("f1", "ndcg"):
+        return number(row.get(kind))
+    if kind != "hit" or "gold_rank" not in row:
         return None
-    rank = number(row.get("gold_rank"))
-    if kind == "hit":
-        return 1.0 if rank else 0.0
-    return 1.0 / rank if rank else 0.0
+    return 1.0 if row["gold_rank"] else 0.0  # as ``recall@k`` counts it: a gold chunk anywhere in the top k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +361,7 @@ def _prompt_text(prompt: Any) -> str:
 
 def _answer(row: dict[str, Any]) -> str:
     """What a run answered: the prediction, or for a retrieval-only run where the gold document ranked."""
-    if "prediction" in row:
+    if row.get("prediction") is not None:
         return esc(row["prediction"])
     if "gold_rank" in row:
         rank = row["gold_rank"]
@@ -370,7 +381,7 @@ def _score(value: float | None) -> str:
 # Sections
 
 
-def _header(runs: list[Run], baseline: int, quality: str | None, latency: str | None, kind: str | None) -> str:
+def _header(runs: list[Run], baseline: int, kind: str | None) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     facts = [f"{len(runs)} run{'s' * (len(runs) != 1)}", f"generated {when}",
              f"baseline <strong>{esc(run_name(runs[baseline]))}</strong>" if len(runs) > 1 else "",
@@ -390,12 +401,12 @@ def _question_set_warning(runs: list[Run]) -> str:
 
 def _metrics_section(runs: list[Run]) -> str:
     """Two tables, one row per run: what each run is and how good it is; then what it costs."""
-    params, metrics = varying_params(runs), metric_columns(runs)
+    varied, metrics = varying_params(runs), metric_columns(runs)
     quality = [k for k in metrics if _group(k) == "quality"]
     cost = [k for k in metrics if _group(k) != "quality"]
-    identity = (["<th>run</th>", "<th>id</th>", "<th>arm</th>"] + [f"<th>{esc(p)}</th>" for p in params]
+    identity = (["<th>run</th>", "<th>id</th>", "<th>arm</th>"] + [f"<th>{esc(p)}</th>" for p in varied]
                 + ['<th class="num">questions</th>'])
-    tables = [_metric_table(runs, quality, identity, lambda r: _identity_cells(r, params), ' id="metrics"')]
+    tables = [_metric_table(runs, quality, identity, lambda r: _identity_cells(r, varied), ' id="metrics"')]
     if cost:
         costs = _metric_table(runs, cost, ["<th>run</th>"], lambda r: [_name_cell(r)], ' id="costs"',
                               _group_row(1, cost))
@@ -447,10 +458,10 @@ def _name_cell(run: Run) -> str:
     return f'<td class="run">{esc(run_name(run))}{status}</td>'
 
 
-def _identity_cells(run: Run, params: list[str]) -> list[str]:
+def _identity_cells(run: Run, keys: list[str]) -> list[str]:
     cells = [_name_cell(run), f"<td><code>{esc(run_id(run))}</code></td>",
              f"<td>{esc(run.info.get('arm') or MISSING)}</td>"]
-    cells += [f"<td>{_param((run.info.get('params') or {}).get(p))}</td>" for p in params]
+    cells += [f"<td>{_param(run_params(run).get(p))}</td>" for p in keys]
     return cells + [f'<td class="num">{len(run.predictions) or MISSING}</td>']
 
 
@@ -470,62 +481,96 @@ def _chart_section(runs: list[Run], quality: str | None, latency: str | None) ->
     plotted = {id(p.run) for p in points}
     skipped = [run_name(r) for r in runs if id(r) not in plotted]
     note = f"Not plotted (no {esc(quality)} or {esc(latency)}): {esc(', '.join(skipped))}. " if skipped else ""
-    legend = ('<p class="note"><span class="dot pareto"></span> Pareto front: no other run has higher quality '
-              f'and lower latency · <span class="dot"></span> dominated run. {note}Hover a point for its values.</p>')
-    return f"<section><h2>Quality vs latency</h2>{scatter_svg(points, quality, latency)}{legend}</section>"
+    legend = ('<p class="note"><span class="dot pareto"></span> Pareto front: no other run is at least as good '
+              'and as fast, and better or faster · <span class="dot"></span> dominated run. '
+              f"{note}Runs on the front are named; hover any point for its values.</p>")
+    svg, table = scatter_svg(points, quality, latency), _points_table(points, quality, latency)
+    chart = f'<div class="chart-row">{svg}{table}</div>'
+    return f"<section><h2>Quality vs latency</h2>{chart}{legend}</section>"
+
+
+def _points_table(points: list[Point], quality: str, latency: str) -> str:
+    """The chart's numbers, best quality first."""
+    headers = ["<th>run</th>", f'<th class="num">{esc(label(quality))}</th>',
+               f'<th class="num">{esc(label(latency))}</th>', "<th>front</th>"]
+    rows = [f'<tr><td class="run">{esc(run_name(p.run))}</td><td class="num">{p.quality:.3f}</td>'
+            f'<td class="num">{p.latency:,.1f}</td><td>{"yes" if p.pareto else "no"}</td></tr>'
+            for p in sorted(points, key=lambda p: (-p.quality, p.latency))]
+    return _table(headers, rows, ' class="points"')
+
+
+@dataclass
+class Frame:
+    """The chart's plot area in pixels and the tick values of both axes (the ends are the data range)."""
+
+    xt: list[float]
+    yt: list[float]
+    width: int = 640
+    height: int = 400
+    left: int = 70
+    right: int = 120  # room for the name of the right-most point
+    top: int = 20
+    bottom: int = 56
+
+    def x(self, value: float) -> float:
+        share = (value - self.xt[0]) / (self.xt[-1] - self.xt[0])
+        return self.left + share * (self.width - self.left - self.right)
+
+    def y(self, value: float) -> float:
+        share = (value - self.yt[0]) / (self.yt[-1] - self.yt[0])
+        return self.height - self.bottom - share * (self.height - self.top - self.bottom)
 
 
 def scatter_svg(points: list[Point], quality: str, latency: str) -> str:
     """The chart as inline SVG: x latency (from 0), y quality, one ``circle.point`` per run."""
-    width, height, left, right, top, bottom = 760, 400, 70, 150, 20, 56
-    xt = nice_ticks(0.0, max(p.latency for p in points) or 1.0)
-    yt = _quality_domain([p.quality for p in points])
-
-    def x(v: float) -> float:
-        return left + (v - xt[0]) / (xt[-1] - xt[0]) * (width - left - right)
-
-    def y(v: float) -> float:
-        return height - bottom - (v - yt[0]) / (yt[-1] - yt[0]) * (height - top - bottom)
-
-    parts = _axes(xt, yt, x, y, width - right, height - bottom, top, left)
-    parts.append(_axis_labels(quality, latency, (left + width - right) / 2, height, top, bottom))
+    f = Frame(nice_ticks(0.0, max(p.latency for p in points) or 1.0), _quality_domain([p.quality for p in points]))
+    parts = _axes(f) + [_axis_labels(f, quality, latency)]
     front = sorted((p for p in points if p.pareto), key=lambda p: p.latency)
     if len(front) > 1:
-        coords = " ".join(f"{x(p.latency):.1f},{y(p.quality):.1f}" for p in front)
+        coords = " ".join(f"{f.x(p.latency):.1f},{f.y(p.quality):.1f}" for p in front)
         parts.append(f'<polyline class="front" points="{coords}"/>')
-    parts += [_point_svg(p, x(p.latency), y(p.quality), quality, latency) for p in points]
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{esc(label(quality))} against {esc(label(latency))}">{"".join(parts)}</svg>')
+    labelled: set[tuple[int, int]] = set()  # one name per spot: coinciding points would overprint
+    for p in points:
+        cx, cy = f.x(p.latency), f.y(p.quality)
+        spot = (round(cx / 12), round(cy / 12))
+        parts.append(_point_svg(p, cx, cy, quality, latency, p.pareto and spot not in labelled))
+        if p.pareto:
+            labelled.add(spot)
+    return (f'<svg class="chart" viewBox="0 0 {f.width} {f.height}" width="{f.width}" height="{f.height}" '
+            f'role="img" aria-label="{esc(label(quality))} against {esc(label(latency))}">{"".join(parts)}</svg>')
 
 
-def _axes(xt: list[float], yt: list[float], x, y, x_end: float, y_end: float, top: float, left: float) -> list[str]:
+def _axes(f: Frame) -> list[str]:
+    right, bottom = f.width - f.right, f.height - f.bottom
     parts = []
-    for t in xt:
-        parts.append(f'<line class="grid" x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{y_end}"/>'
-                     f'<text class="tick" x="{x(t):.1f}" y="{y_end + 18}" text-anchor="middle">{_tick_text(t, xt)}</text>')
-    for t in yt:
-        parts.append(f'<line class="grid" x1="{left}" y1="{y(t):.1f}" x2="{x_end}" y2="{y(t):.1f}"/>'
-                     f'<text class="tick" x="{left - 8}" y="{y(t) + 4:.1f}" text-anchor="end">{_tick_text(t, yt)}</text>')
-    parts.append(f'<line class="axis" x1="{left}" y1="{y_end}" x2="{x_end}" y2="{y_end}"/>'
-                 f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{y_end}"/>')
+    for t in f.xt:
+        x = f"{f.x(t):.1f}"
+        parts.append(f'<line class="grid" x1="{x}" y1="{f.top}" x2="{x}" y2="{bottom}"/>'
+                     f'<text class="tick" x="{x}" y="{bottom + 18}" text-anchor="middle">{_tick_text(t, f.xt)}</text>')
+    for t in f.yt:
+        y = f"{f.y(t):.1f}"
+        tick = f'<text class="tick" x="{f.left - 8}" y="{y}" dy="4" text-anchor="end">{_tick_text(t, f.yt)}</text>'
+        parts.append(f'<line class="grid" x1="{f.left}" y1="{y}" x2="{right}" y2="{y}"/>{tick}')
+    parts.append(f'<line class="axis" x1="{f.left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>'
+                 f'<line class="axis" x1="{f.left}" y1="{f.top}" x2="{f.left}" y2="{bottom}"/>')
     return parts
 
 
-def _axis_labels(quality: str, latency: str, x_mid: float, height: float, top: float, bottom: float) -> str:
-    y_mid = (top + height - bottom) / 2
-    return (f'<text class="axis-label" x="{x_mid:.1f}" y="{height - 12}" text-anchor="middle">'
+def _axis_labels(f: Frame, quality: str, latency: str) -> str:
+    x_mid, y_mid = (f.left + f.width - f.right) / 2, (f.top + f.height - f.bottom) / 2
+    return (f'<text class="axis-label" x="{x_mid:.1f}" y="{f.height - 12}" text-anchor="middle">'
             f"latency: {esc(label(latency))} (lower is better)</text>"
-            f'<text class="axis-label" x="18" y="{y_mid:.1f}" text-anchor="middle" transform="rotate(-90 18 {y_mid:.1f})">'
-            f"quality: {esc(label(quality))} (higher is better)</text>")
+            f'<text class="axis-label" x="18" y="{y_mid:.1f}" text-anchor="middle" '
+            f'transform="rotate(-90 18 {y_mid:.1f})">quality: {esc(label(quality))} (higher is better)</text>')
 
 
-def _point_svg(p: Point, cx: float, cy: float, quality: str, latency: str) -> str:
+def _point_svg(p: Point, cx: float, cy: float, quality: str, latency: str, named: bool) -> str:
     tip = (f"{run_name(p.run)} ({run_id(p.run)})\n{label(quality)}: {p.quality:.3f}\n"
            f"{label(latency)}: {p.latency:,.1f}" + ("\non the Pareto front" if p.pareto else ""))
     cls = "point pareto" if p.pareto else "point"
     return (f'<circle class="{cls}" data-run="{esc(run_id(p.run))}" cx="{cx:.1f}" cy="{cy:.1f}" r="7">'
             f"<title>{esc(tip)}</title></circle>"
-            f'<text class="point-label" x="{cx + 11:.1f}" y="{cy + 4:.1f}">{esc(run_name(p.run))}</text>')
+            + (f'<text class="point-label" x="{cx + 11:.1f}" y="{cy + 4:.1f}">{esc(run_name(p.run))}</text>' if named else ""))
 
 
 def _compare_section(runs: list[Run], baseline: int, kind: str | None) -> str:
@@ -554,7 +599,8 @@ def _comparison_details(base: Run, c: Comparison) -> str:
                '<th class="num">baseline</th>', '<th class="num">this run</th>', '<th class="num">Δ</th>']
     tables = []
     for title, diffs in (("Biggest wins", c.wins[:TOP]), ("Biggest losses", c.losses[:TOP])):
-        body = _table(headers, [_diff_row(d) for d in diffs]) if diffs else '<p class="note">No such questions.</p>'
+        rows = [_diff_row(d) for d in diffs]
+        body = _table(headers, rows, ' class="wide"') if diffs else '<p class="note">No such questions.</p>'
         tables.append(f"<h4>{title}</h4>{body}")
     counts = f"{_count(len(c.wins), 'win')}, {_count(len(c.losses), 'loss')}"
     summary = f"{esc(run_name(c.run))} vs {esc(run_name(base))}: {counts}"
@@ -585,18 +631,24 @@ def _run_failures(run: Run, kind: str | None, open_: bool) -> str:
 
 
 def _case(score: float, row: dict[str, Any]) -> str:
-    answers = row.get("answers")
     fields = [("question", esc(row.get("question", MISSING))),
-              ("gold answers", esc(" | ".join(map(str, answers))) if answers else MISSING),
-              ("prediction", esc(row["prediction"]) if "prediction" in row else MISSING),
+              ("gold answers", _listing(row.get("answers"), " | ")),
+              ("prediction", MISSING if row.get("prediction") is None else esc(row["prediction"])),
               ("score", _score(score)),
               ("gold rank", _gold_rank(row)),
-              ("citations", esc(", ".join(map(str, row["citations"]))) if row.get("citations") else MISSING),
+              ("citations", _listing(row.get("citations"), ", ")),
               ("retrieved", _sources(row.get("retrieved") or []))]
     items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in fields)
     prompt = row.get("prompt")
     shown = f"<details><summary>prompt</summary><pre>{esc(_prompt_text(prompt))}</pre></details>" if prompt else ""
     return f'<div class="case" data-question="{esc(row.get("id", ""))}"><dl>{items}</dl>{shown}</div>'
+
+
+def _listing(value: Any, sep: str) -> str:
+    """A list joined by ``sep`` (a lone value as is), or "–" when there is none."""
+    if value is None or value == [] or value == "":
+        return MISSING
+    return esc(sep.join(map(str, value)) if isinstance(value, (list, tuple)) else value)
 
 
 def _gold_rank(row: dict[str, Any]) -> str:
@@ -631,7 +683,8 @@ h4 { font-size: .95rem; margin: 14px 0 6px; }
 .note { font-size: .875rem; margin: 8px 0; }
 .warn { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 6px; padding: 8px 12px; font-size: .9rem; }
 .scroll { overflow-x: auto; }
-table { border-collapse: collapse; width: 100%; font-size: .875rem; }
+table { border-collapse: collapse; font-size: .875rem; }
+table.wide { width: 100%; }
 th, td { padding: 6px 10px; border-bottom: 1px solid var(--border); text-align: left; vertical-align: top; }
 th { background: var(--head); font-weight: 600; vertical-align: bottom; }
 th.num { white-space: normal; }
@@ -657,7 +710,9 @@ details > summary { cursor: pointer; font-weight: 600; }
 .case dt { color: var(--muted); } .case dd { margin: 0; overflow-wrap: anywhere; }
 .case details > summary { font-weight: 500; color: var(--accent); font-size: .875rem; }
 ol.sources { margin: 0; padding-left: 1.4em; }
-svg.chart { max-width: 100%; height: auto; display: block; }
+.chart-row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.chart-row .scroll { flex: 0 1 auto; }
+svg.chart { max-width: 100%; height: auto; display: block; flex: 0 1 auto; }
 svg .grid { stroke: #eef0f3; } svg .axis { stroke: #9ca3af; }
 svg .tick { font-size: 11px; fill: var(--muted); } svg .axis-label { font-size: 12px; fill: var(--fg); }
 svg .point { fill: #9ca3af; stroke: #fff; stroke-width: 2; } svg .point.pareto { fill: var(--accent); }

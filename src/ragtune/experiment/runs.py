@@ -110,31 +110,3 @@ def find_run(runs_dir: Path, ref: str) -> Run:
             raise WorkspaceError(f"run {ref!r} is ambiguous: {', '.join(r.id for r in matches[:5])}; give more of the id")
     raise WorkspaceError(f"no run {ref!r} in {runs_dir}; see `ragtune runs list`")
 
-
-def question_score(row: dict[str, Any]) -> float | None:
-    """One number per prediction for wins and losses: F1 when the run answered, else 1/gold rank."""
-    if row.get("f1") is not None:
-        return float(row["f1"])
-    if "gold_rank" in row:
-        return 1.0 / row["gold_rank"] if row["gold_rank"] else 0.0
-    return None
-
-
-def compare(a: Run, b: Run) -> dict[str, Any]:
-    """Metrics side by side, the settings that differ, and per-question wins/losses of ``b`` over ``a``."""
-    from ragtune.experiment.tracking import flatten
-
-    keys = [k for k in dict.fromkeys([*(a.metrics or {}), *(b.metrics or {})])]
-    metrics = {k: ((a.metrics or {}).get(k), (b.metrics or {}).get(k)) for k in keys}
-    ca, cb = flatten(a.info.get("config", {})), flatten(b.info.get("config", {}))
-    settings = {k: (ca.get(k), cb.get(k)) for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)}
-    score_a = {p["id"]: question_score(p) for p in a.predictions}
-    rows = []
-    for p in b.predictions:
-        sa, sb = score_a.get(p["id"]), question_score(p)
-        if sa is not None and sb is not None:
-            rows.append((p["id"], sa, sb))
-    return {"metrics": metrics, "settings": settings, "questions": len(rows),
-            "wins": sum(sb > sa for _, sa, sb in rows), "losses": sum(sb < sa for _, sa, sb in rows),
-            "ties": sum(sb == sa for _, sa, sb in rows),
-            "changed": sorted(rows, key=lambda r: -abs(r[2] - r[1]))[:10]}

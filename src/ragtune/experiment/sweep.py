@@ -7,6 +7,7 @@ A sweep file::
     qa = "questions.jsonl"         # relative to the sweep file
     arm = "retrieval"              # retrieval | rag | closed-book
     limit = 0                      # first N questions; 0 = all
+    judge = false                  # also grade answers with the workspace's [generate] model
 
     [base]                         # settings for every run, as in ragtune.toml
     generate.max_tokens = 48
@@ -48,7 +49,7 @@ from ragtune.evaluate.qa_eval import ARMS
 from ragtune.experiment.runs import RUNS_DIR, Run, load_run, write_run
 from ragtune.experiment.tracking import flatten
 
-SWEEP_KEYS = {"name", "qa", "arm", "limit", "base", "grid", "runs"}
+SWEEP_KEYS = {"name", "qa", "arm", "limit", "judge", "base", "grid", "runs"}
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Sweep:
     qa: Path
     arm: str = "retrieval"
     limit: int = 0
+    judge: bool = False  # grade answers with the workspace's own [generate] model (see evaluate.judge)
     base: dict[str, Any] = field(default_factory=dict)
     variants: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # dotted key -> value, one per run
 
@@ -105,7 +107,7 @@ def load_sweep(path: Path) -> Sweep:
     if arm not in ARMS:
         raise ConfigError(f"{path}: arm = {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
     return Sweep(name=str(data.get("name") or path.stem), path=path, qa=(path.parent / data["qa"]).resolve(), arm=arm,
-                 limit=int(data.get("limit", 0)), base=flatten(data.get("base", {})), variants=_variants(data, path))
+                 limit=int(data.get("limit", 0)), judge=bool(data.get("judge", False)), base=flatten(data.get("base", {})), variants=_variants(data, path))
 
 
 def _variants(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
@@ -141,7 +143,7 @@ def plan(ws, sweep: Sweep) -> list[PlannedRun]:
         params = {k: v for k, v in variant.items() if k != "name"}
         config = apply(base, params, f"{sweep.path} run {variant.get('name') or params}")
         label = variant.get("name") or " ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
-        planned.append(PlannedRun(run_id(config, qa_sha, sweep.arm, sweep.limit), f"{sweep.name}:{label}" if label else sweep.name,
+        planned.append(PlannedRun(run_id(config, qa_sha, sweep.arm, sweep.limit, sweep.judge), f"{sweep.name}:{label}" if label else sweep.name,
                                   params, config))
     ids = [p.id for p in planned]
     if len(set(ids)) < len(ids):
@@ -149,10 +151,11 @@ def plan(ws, sweep: Sweep) -> list[PlannedRun]:
     return planned
 
 
-def run_id(config: Config, qa_sha: str, arm: str, limit: int) -> str:
-    """Same settings, questions, arm and limit -> same id (the experiment section does not count)."""
+def run_id(config: Config, qa_sha: str, arm: str, limit: int, judge: bool = False) -> str:
+    """Same settings, questions, arm, limit and judging -> same id (the experiment section does not count)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "experiment"}
-    blob = json.dumps({"config": settings, "qa": qa_sha, "arm": arm, "limit": limit}, sort_keys=True)
+    blob = json.dumps({"config": settings, "qa": qa_sha, "arm": arm, "limit": limit, **({"judge": True} if judge else {})},
+                      sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -216,7 +219,8 @@ def run_sweep(ws, sweep: Sweep, force: bool = False, progress=None, log=print) -
         else:
             view = indexes.for_config(p.config)
             started = now()
-            result = evaluate_qa(view, items, arm=sweep.arm, progress=progress)
+            judge = ws.generator if sweep.judge else None  # the workspace's own model grades every run alike
+            result = evaluate_qa(view, items, arm=sweep.arm, progress=progress, judge=judge)
             run = record_run(view, folder, p.name, result, sweep.qa, started, params=p.params, sweep=sweep.name)
             status = "done"
         if tracker:
@@ -229,7 +233,7 @@ def run_sweep(ws, sweep: Sweep, force: bool = False, progress=None, log=print) -
 def record_run(ws, folder: Path, name: str, result: dict[str, Any], qa: Path, started: str,
                params: dict[str, Any] | None = None, sweep: str | None = None) -> Run:
     """Write the run folder of an ``evaluate_qa`` result obtained with ``ws``'s settings."""
-    info = {"id": folder.name, "name": name, "sweep": sweep, "arm": result["arm"], "status": "finished",
+    info = {"id": folder.name, "name": name, "sweep": sweep, "arm": result["arm"], "judge": result.get("judge"), "status": "finished",
             "params": params or {}, "config": dataclasses.asdict(ws.config),
             "qa": {"path": str(qa), "sha256": hashlib.sha256(Path(qa).read_bytes()).hexdigest(), "questions": result["questions"]},
             "environment": environment(ws, result["arm"]), "started": started, "finished": now()}
