@@ -27,8 +27,9 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	bash examples/demo.sh
 
+# The report test's screenshot (and other test artefacts) are kept in tests/artifacts/.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest
+	RAGTUNE_TEST_ARTIFACTS=tests/artifacts $(PY) -m pytest
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/retrieval.py --beir ../shared/data/scifact

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: index the sample handbook of a fictional observatory
-# (Markdown, HTML, PDF, DOCX and text), search it, and answer questions from it with citations. Run it twice: the second ingest is a no-op.
+# (Markdown, HTML, PDF, DOCX and text), search it, answer questions from it with citations, and
+# compare retrieval settings on its question set. Run it twice: the second ingest is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ragtune="${RAGTUNE_BIN:-.venv/bin/ragtune}"
@@ -25,3 +26,9 @@ for q in "Who founded the observatory?" \
   echo; echo "== ragtune ask \"$q\""
   "$ragtune" ask "$q" --workspace "$ws"
 done
+# Evaluate and compare: a retrieval sweep on the handbook's questions (tracked in MLflow inside
+# the workspace; a rerun skips finished runs), then one HTML report of all its runs.
+echo; echo "== ragtune experiment run examples/sweep.toml"
+"$ragtune" experiment run examples/sweep.toml --workspace "$ws"
+echo; echo "== ragtune report --sweep handbook-retrieval -o $ws/report.html"
+"$ragtune" report --sweep handbook-retrieval -o "$ws/report.html" --workspace "$ws"

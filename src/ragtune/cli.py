@@ -307,8 +307,8 @@ def _record(ws, qa: Path, result: dict, started: str, limit: Optional[int]):
     from ragtune.experiment.sweep import record_run, run_id
     from ragtune.experiment.tracking import tracker_for
 
-    stamp = started.replace("-", "").replace(":", "").replace("T", "-")[:15]  # 20261125-201618
-    rid = f"{run_id(ws.config, hashlib.sha256(qa.read_bytes()).hexdigest(), result['arm'], limit or 0, bool(result.get('judge')))}-{stamp}"
+    settings = run_id(ws.config, hashlib.sha256(qa.read_bytes()).hexdigest(), result["arm"], limit or 0, bool(result.get("judge")))
+    rid = hashlib.sha1(f"{settings}@{started}".encode()).hexdigest()[:12]  # every eval is its own run
     run = record_run(ws, ws.state_dir / RUNS_DIR / rid, f"{qa.stem}:{result['arm']}", result, qa, started)
     tracker = tracker_for(ws)
     if tracker:
@@ -349,7 +349,7 @@ def runs_list(as_json: Annotated[bool, typer.Option("--json", help="Print as JSO
     _print_runs(runs, _console())
 
 
-HEADLINE = ("f1", "em", "contains", "recall@k", "mrr@k", "ndcg@k", "total_p50_ms")
+HEADLINE = ("f1", "contains", "judge_score", "recall@k", "ndcg@k", "total_p50_ms")
 
 
 def _print_runs(runs, c) -> None:
@@ -370,7 +370,7 @@ def _print_runs(runs, c) -> None:
 def _fmt(value) -> str:
     if value is None:
         return "–"
-    return f"{value:.1f}" if isinstance(value, float) and abs(value) >= 10 else f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.1f}" if isinstance(value, float) and abs(value) >= 10 else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 @runs_app.command("compare")

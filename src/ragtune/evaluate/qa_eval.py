@@ -124,7 +124,7 @@ def _closed_book(ws, item: QAItem, k: int, mode: str) -> dict[str, Any]:
     g = ws.generator.generate(messages)
     return {**_scores(item, g.text.strip(), abstained(g.text)), "prompt": g.prompt, "retrieved": [],
             "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens},
-            "timings": {"retrieve_s": 0.0, "generate_s": g.total_s, "total_s": g.total_s}}
+            "timings": {"generate_s": g.total_s, "total_s": g.total_s}}
 
 
 def _rag(ws, item: QAItem, k: int, mode: str) -> dict[str, Any]:
