@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """RAG vs closed-book with the bundled generator on the shared SQuAD half.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/qa.py --squad ../shared/data/squad [--n 500]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/qa.py --squad ../shared/data/squad [--n 500] [--judge]
 
 All 950 paragraphs are ingested as records (gold doc id = paragraph id); a fixed sample of
 questions (smallest sha256 of the question id) is answered by both arms. Records EM, F1,
@@ -49,6 +49,12 @@ def recall_at_k(ws, items, k: int) -> dict[str, float]:
     return out
 
 
+def judge_agreement(predictions: list[dict]) -> float | None:
+    """Share of parsed verdicts that agree with contains-gold (a proxy for the truth)."""
+    pairs = [(p["judge"]["score"], p["contains"]) for p in predictions if p.get("judge", {}).get("parsed")]
+    return sum(s == c for s, c in pairs) / len(pairs) if pairs else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--squad", type=Path, required=True, help="folder with questions.jsonl.gz and contexts.jsonl.gz")
@@ -56,6 +62,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--mode", default="hybrid")
     ap.add_argument("--max-tokens", type=int, default=48, help="answers are short spans")
+    ap.add_argument("--judge", action="store_true", help="also grade every answer with the bundled model as LLM judge "
+                    "(parse-failure rate, agreement with contains-gold); writes qa-squad-judge-*.json")
     ap.add_argument("--work", type=Path, help="keep the workspace here (reused)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
@@ -70,14 +78,17 @@ def main() -> None:
     res["recall_at_k"] = recall_at_k(ws, items, args.k)
     for arm in ("rag", "closed-book"):
         console.print(f"arm {arm}")
-        result = evaluate_qa(ws, items, arm=arm, k=args.k, mode=args.mode)
+        result = evaluate_qa(ws, items, arm=arm, k=args.k, mode=args.mode, judge=ws.generator if args.judge else None)
         res[arm] = result["metrics"]
+        if args.judge:
+            res[arm]["judge_agreement_with_contains"] = judge_agreement(result["predictions"])
         res["generator"] = result["generator"]
         (work / f"predictions-{arm}.json").write_text(json.dumps(result["predictions"], indent=1))
     res["f1_ratio_rag_vs_closed"] = res["rag"]["f1"] / res["closed-book"]["f1"] if res["closed-book"]["f1"] else None
     res["wall_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in (f"qa-squad-{stamp}.json", "qa-squad-latest.json"):
+    prefix = "qa-squad-judge" if args.judge else "qa-squad"
+    for name in (f"{prefix}-{stamp}.json", f"{prefix}-latest.json"):
         (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
     t = Table(title=f"SQuAD shared half: {len(items)} questions, {res['generator']}, k={args.k} {args.mode}")
     for c in ("arm", "EM", "F1", "contains", "abstain", f"R@{args.k}", "p50 s"):
@@ -89,6 +100,13 @@ def main() -> None:
     console.print(t)
     console.print(f"Recall@{args.k} by mode: " + ", ".join(f"{k} {v:.3f}" for k, v in res["recall_at_k"].items()))
     console.print(f"F1 RAG / closed-book = {res['f1_ratio_rag_vs_closed']:.2f}; predictions in {work}; {res['wall_s']:.0f}s")
+    if args.judge:
+        for arm in ("rag", "closed-book"):
+            m = res[arm]
+            console.print(f"judge on {arm}: parse failures {m.get('judge_parse_failures')} of "
+                          f"{m.get('judge_parsed', 0) + m.get('judge_parse_failures', 0)} "
+                          f"(rate {m.get('judge_parse_failure_rate')}), score {m.get('judge_score')}, "
+                          f"agreement with contains {m.get('judge_agreement_with_contains')}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,4 @@ def run_cli(*args, cwd=None, timeout=300):
 
 def chunk_rows(ws):
     """Every committed chunk row as a dict (no vectors)."""
-    from ragtune.store.lancedb import _scan
-
-    return _scan(ws.store.table(), ["id", "source", "doc_id", "file_key", "text", "start", "end"]).to_pylist()
+    return ws.store.rows(["id", "source", "doc_id", "file_key", "text", "start", "end"])

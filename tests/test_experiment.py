@@ -110,6 +110,7 @@ def test_chunk_size_sweep_shares_embeddings_and_indexes(fresh_ws, tmp_path):
     shutil.rmtree(fresh_ws.state_dir / "indexes")
     again = run_sweep(Workspace(fresh_ws.root), sweep, force=True, log=lambda _: None)
     assert again.chunks_embedded == 0 and next(iter(again.ingests.values())).chunks_written == variant.chunks_written
+    assert len(mlflow_runs(fresh_ws, "chunks")) == 4  # --force replaced the four MLflow entries, did not add four
     runs = {(o.run.info["config"]["ingest"]["chunk_tokens"], o.run.info["config"]["retrieve"]["k"]): o.run for o in again.outcomes}
     assert runs[(96, 1)].info["environment"]["index_path"].startswith(".ragtune/indexes/")
     assert runs[(256, 1)].info["environment"]["index_path"] == ".ragtune/index"
@@ -180,3 +181,33 @@ def test_cli_sweep_runs_list_compare(fresh_ws, tmp_path):
     assert "retrieve.mode: 'bm25' → 'hybrid'" in r.stdout and "10 questions scored by hit" in r.stdout
     r = run_cli("runs", "compare", ids[0], "nope", "-w", fresh_ws.root)
     assert r.returncode != 0 and "no run 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_rag_sweep_over_generator_settings_with_judge(fresh_ws, tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, 'name = "gen"\narm = "rag"\nlimit = 2\njudge = true\n'
+                                             '[grid]\n"generate.max_tokens" = [8, 32]\n'))
+    result = run_sweep(fresh_ws, sweep, log=lambda _: None)
+    short, long = (o.run for o in result.outcomes)
+    assert [r.info["config"]["generate"]["max_tokens"] for r in (short, long)] == [8, 32]
+    assert all(p["usage"]["completion_tokens"] <= 8 for p in short.predictions)
+    assert max(p["usage"]["completion_tokens"] for p in long.predictions) > 8
+    for run in (short, long):
+        judged = [p["judge"] for p in run.predictions if "judge" in p]
+        assert len(judged) == 2 and run.metrics["judge_parse_failure_rate"] == sum(not j["parsed"] for j in judged) / 2
+        assert run.info["judge"] and run.info["environment"]["generator_sha256"]
+        assert all(p["prompt"].startswith("<|im_start|>system") and p["retrieved"] for p in run.predictions)
+    tracked = {r.data.params["generate.max_tokens"]: r.data.metrics for r in mlflow_runs(fresh_ws, "gen")}
+    assert tracked["8"]["f1"] == pytest.approx(short.metrics["f1"]) and "judge_parse_failure_rate" in tracked["32"]
+
+
+@pytest.mark.slow
+def test_cli_import_beir_and_synth_qa(fresh_ws, tmp_path):
+    out = tmp_path / "synth.jsonl"
+    r = run_cli("data", "synth-qa", "-n", "2", "-o", out, "-w", fresh_ws.root)
+    assert r.returncode == 0, r.stderr
+    items = load_qa(out)
+    assert 1 <= len(items) <= 2 and all(i.metadata["synthetic"] and i.doc_ids for i in items)
+    assert f"wrote {len(items)} questions" in " ".join(r.stdout.split())
+    r = run_cli("data", "import-beir", tmp_path / "missing", "-o", tmp_path / "b.jsonl")
+    assert r.returncode != 0 and "is not a folder" in r.stderr and "Traceback" not in r.stderr

@@ -114,10 +114,7 @@ def check_pair(question: str, answer: str, passage: str, seen: set[str]) -> str:
 
 def sample_chunks(ws, seed: int = 0) -> list[dict[str, Any]]:
     """The index's chunks of at least ``MIN_CHUNK_WORDS`` words, in an order fixed by ``seed``."""
-    from ragtune.store.lancedb import _scan
-
-    ws.store.require_meta()
-    rows = _scan(ws.store.table(), ["id", "doc_id", "source", "text"]).to_pylist()
+    rows = ws.store.rows(["id", "doc_id", "source", "text"])
     rows = sorted((r for r in rows if len(r["text"].split()) >= MIN_CHUNK_WORDS), key=lambda r: r["id"])
     if not rows:
         raise WorkspaceError(f"the index has no chunk of {MIN_CHUNK_WORDS}+ words to write questions about: "

@@ -217,14 +217,14 @@ def run_sweep(ws, sweep: Sweep, force: bool = False, progress=None, log=print) -
         if (folder / "metrics.json").exists() and not force:
             run, status = load_run(folder), "skipped"
         else:
-            view = indexes.for_config(p.config)
+            view = ws.with_config(p.config) if sweep.arm == "closed-book" else indexes.for_config(p.config)
             started = now()
             judge = ws.generator if sweep.judge else None  # the workspace's own model grades every run alike
             result = evaluate_qa(view, items, arm=sweep.arm, progress=progress, judge=judge)
             run = record_run(view, folder, p.name, result, sweep.qa, started, params=p.params, sweep=sweep.name)
             status = "done"
-        if tracker:
-            tracker.log(run, sweep.name)  # idempotent: logs what an interruption left unlogged
+        if tracker:  # logs what an interruption left unlogged; a rerun (--force) replaces the old entry
+            tracker.log(run, sweep.name, replace=status == "done")
         outcomes.append(Outcome(p, run, status, time.perf_counter() - t0))
         log(f"[{n}/{len(planned)}] {status:>7} {p.id} {p.name}")
     return SweepResult(outcomes, indexes.ingests)

@@ -58,14 +58,17 @@ class Tracker:
         location = (self.artifacts / name).resolve().as_uri() if self.local else None
         return self.client.create_experiment(name, artifact_location=location)
 
-    def log(self, run: Run, experiment: str) -> str:
-        """Log ``run`` (once); returns the MLflow run id."""
+    def log(self, run: Run, experiment: str, replace: bool = False) -> str:
+        """Log ``run`` once (a run already logged is left alone, or with ``replace`` deleted and
+        logged anew); returns the MLflow run id."""
         from mlflow.entities import Metric, Param, RunTag
 
         exp = self.experiment_id(experiment)
-        found = self.client.search_runs([exp], f"tags.`ragtune.run_id` = '{run.id}'", max_results=1)
-        if found:
+        found = self.client.search_runs([exp], f"tags.`ragtune.run_id` = '{run.id}'")
+        if found and not replace:
             return found[0].info.run_id
+        for old in found:
+            self.client.delete_run(old.info.run_id)
         tags = {"ragtune.run_id": run.id, "ragtune.arm": run.info.get("arm", ""), "ragtune.sweep": run.info.get("sweep") or "",
                 "ragtune.index_version": str(run.info.get("environment", {}).get("index_version"))}
         created = self.client.create_run(exp, run_name=run.name, tags=tags)

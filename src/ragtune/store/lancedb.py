@@ -240,6 +240,11 @@ class LanceStore:
         rows = self._rows.take(positions).to_pylist()
         return list(zip(rows, found["_score"].to_pylist()))
 
+    def rows(self, columns: list[str]) -> list[dict[str, Any]]:
+        """Every committed chunk, only ``columns`` (no vectors unless asked for)."""
+        self.require_meta()
+        return _scan(self.table(), columns).to_pylist()
+
     def stats(self) -> dict[str, Any]:
         meta = self.require_meta()
         t = self.table()
