@@ -23,11 +23,11 @@ QUESTIONS = [
 INJECTED = "<script>alert('pwned')</script> Christopher Marlowe"
 # (run id, name, params, answers, total seconds per question): fast/good-enough, slow/best, slowest/worst.
 RUNS = [
-    ("20250101-bm25", "bm25-k3", {"mode": "bm25", "k": 3},
+    ("20250101-bm25", "bm25-k3", {"retrieve.mode": "bm25", "retrieve.k": 3},
      ["Paris", "Shakespeare", "I don't know", "100 degrees"], 0.12),
-    ("20250101-hybrid", "hybrid-k5", {"mode": "hybrid", "k": 5},
+    ("20250101-hybrid", "hybrid-k5", {"retrieve.mode": "hybrid", "retrieve.k": 5},
      ["Paris", "William Shakespeare", "1989", "100 degrees Celsius"], 0.30),
-    ("20250101-dense", "dense-k5", {"mode": "dense", "k": 5},
+    ("20250101-dense", "dense-k5", {"retrieve.mode": "dense", "retrieve.k": 5},
      ["Paris, France", INJECTED, "1989", "Water boils quickly."], 0.45),
 ]
 
@@ -52,7 +52,7 @@ def make_runs(root):
         rows = [prediction_row(*q, text, total_s + 0.01 * j, gold_rank=1 if i or j % 2 == 0 else None)
                 for j, (q, text) in enumerate(zip(QUESTIONS, texts))]
         info = {"id": run_id, "name": name, "sweep": "modes", "arm": "rag", "status": "finished", "params": params,
-                "config": {"retrieve": params}, "started": f"2025-01-01T00:0{i}:00"}
+                "config": {"retrieve": {k.split(".")[1]: v for k, v in params.items()}}, "started": f"2025-01-01T00:0{i}:00"}
         runs.append(write_run(root / run_id, info, rows, aggregate(rows)))
     return [load_run(r.path) for r in runs]  # read back, as the CLI will
 
@@ -99,7 +99,8 @@ def test_report_shows_every_run_and_marks_the_pareto_front(runs, tmp_path):
 def test_metrics_table_has_only_present_columns_and_highlights_the_best(runs, tmp_path):
     page = render_report(runs)
     table = page.split('id="metrics"')[1].split("</table>")[0]
-    assert "<th>mode</th>" in table and "<th>k</th>" in table  # the params the runs differ in
+    assert "<th>retrieve.mode</th>" in table and "<th>retrieve.k</th>" in table  # the settings the runs differ in
+    assert table.count("<th>retrieve.mode</th>") == 1
     assert "sweep" not in table  # the same for every run
     assert "judge" not in table and "groundedness" not in table and "ndcg@k" in table  # only what runs have
     best_f1 = f"{runs[1].metrics['f1']:.3f}"
