@@ -44,3 +44,26 @@ def run_cli(*args, cwd=None, timeout=300):
 def chunk_rows(ws):
     """Every committed chunk row as a dict (no vectors)."""
     return ws.store.rows(["id", "source", "doc_id", "file_key", "text", "start", "end"])
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(tmp_path_factory):
+    """The bundled SmolLM2 GGUF converted once to a Hugging Face folder (~15 s), shared by the
+    slow tests: ``(root, folder, seconds the conversion took)``."""
+    import time
+
+    from ragtune.train.base import materialise_base
+
+    root = tmp_path_factory.mktemp("base-root")
+    t0 = time.perf_counter()
+    folder = materialise_base("smollm2", root)
+    return root, folder, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory):
+    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer and chat template (~4 s to build)."""
+    from ragtune.generate import model_path
+    from ragtune.train.base import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer_from=model_path("smollm2"))

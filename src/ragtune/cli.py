@@ -27,8 +27,12 @@ runs_app = typer.Typer(help="Tracked evaluation runs (.ragtune/runs/, MLflow).",
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
+finetune_app = typer.Typer(help="Fine-tune the generator on demonstrations (SFT).", no_args_is_help=True)
+models_app = typer.Typer(help="Fine-tuned models registered in the workspace (.ragtune/models/).", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(runs_app, name="runs")
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(models_app, name="models")
 
 WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace folder (default: the current folder or a parent with ragtune.toml).", show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", "-m", help="dense | bm25 | hybrid (default: [retrieve] mode).", show_default=False)]
@@ -474,12 +478,177 @@ def data_synth_qa(out: Annotated[Path, typer.Option("--out", "-o", help="QA JSON
 
 
 @data_app.command("validate")
-def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file.")]) -> None:
-    """Check a QA JSONL file; problems are listed by line."""
-    from ragtune.evaluate.qa import load_qa
+def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, or demonstrations with --task sft.")],
+                  task: Annotated[str, typer.Option("--task", help="qa | sft")] = "qa",
+                  prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", help="sft: field holding the prompt (e.g. question).", show_default=False)] = None,
+                  completion_field: Annotated[Optional[str], typer.Option("--completion-field", help="sft: field holding the desired output (e.g. answer).", show_default=False)] = None,
+                  workspace: WorkspaceOpt = None) -> None:
+    """Check a data file; problems are listed by line. With --task sft: formats, roles, duplicates,
+    train/eval overlap and lengths against [train] max_length with the [train] base model's tokenizer."""
+    if task == "qa":
+        from ragtune.evaluate.qa import load_qa
 
-    items = load_qa(path)
-    _console().print(f"{path}: {len(items)} questions, {sum(bool(i.doc_ids) for i in items)} with gold doc ids — OK")
+        items = load_qa(path)
+        _console().print(f"{path}: {len(items)} questions, {sum(bool(i.doc_ids) for i in items)} with gold doc ids — OK")
+        return
+    if task != "sft":
+        raise typer.BadParameter(f"--task {task!r}: choose qa or sft")
+    from ragtune.errors import DatasetError
+    from ragtune.train.data import chat_token_counter, check_lengths, load_examples, overlap, split
+
+    cfg = _workspace(workspace).config.train
+    examples = load_examples(path, prompt_field, completion_field)
+    train, held_out = split(examples, cfg.eval_fraction, cfg.seed)
+    problems = overlap(train, held_out) + check_lengths(examples, chat_token_counter(_base_tokenizer(workspace, cfg)), cfg.max_length)
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise DatasetError(f"{path}: {len(problems)} problem(s){more}:\n  " + "\n  ".join(problems[:10]))
+    _console().print(f"{path}: {len(examples)} examples ({len(train)} train, {len(held_out)} eval at \\[train] eval_fraction "
+                     f"{cfg.eval_fraction}), all within max_length {cfg.max_length} — OK")
+
+
+def _base_tokenizer(workspace, cfg):
+    from transformers import AutoTokenizer
+
+    from ragtune.train.base import materialise_base
+
+    return AutoTokenizer.from_pretrained(str(materialise_base(cfg.base, _workspace(workspace).root)))
+
+
+@data_app.command("qa-to-sft")
+def data_qa_to_sft(qa: Annotated[Path, typer.Argument(help="QA JSONL file.")],
+                   out: Annotated[Path, typer.Option("--out", "-o", help="Demonstrations JSONL to write (messages format).")],
+                   k: Annotated[int, typer.Option("-k", help="Put the top-k retrieved chunks in each prompt, as the RAG chain does (RAFT-style); 0 = question only.")] = 0,
+                   system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
+                   workspace: WorkspaceOpt = None) -> None:
+    """Turn a question set into demonstrations: question (with retrieved context when -k > 0) -> first gold answer."""
+    from ragtune.evaluate.qa import load_qa
+    from ragtune.train.data import from_qa, write_examples
+
+    c = _console()
+    ws = _workspace(workspace) if k else None
+    n = write_examples(from_qa(load_qa(qa), ws, k, system, log=c.print), out)
+    c.print(f"wrote {n} demonstrations to {out}")
+
+
+TrainOpt = typer.Option  # the [train] settings; None = ragtune.toml
+
+
+@finetune_app.command("sft")
+def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstrations: JSONL with messages, or prompt/completion (or --prompt-field/--completion-field).")],
+                 name: Annotated[str, typer.Option("--name", help="Register the result under this name (then: ragtune ask --model NAME).")],
+                 base: Annotated[Optional[str], TrainOpt("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)] = None,
+                 method: Annotated[Optional[str], TrainOpt("--method", help="lora | full ([train] method).", show_default=False)] = None,
+                 epochs: Annotated[Optional[float], TrainOpt("--epochs", show_default=False)] = None,
+                 learning_rate: Annotated[Optional[float], TrainOpt("--lr", help="Peak learning rate.", show_default=False)] = None,
+                 schedule: Annotated[Optional[str], TrainOpt("--schedule", help="cosine | linear | constant.", show_default=False)] = None,
+                 batch_size: Annotated[Optional[int], TrainOpt("--batch-size", show_default=False)] = None,
+                 grad_accum: Annotated[Optional[int], TrainOpt("--grad-accum", show_default=False)] = None,
+                 max_length: Annotated[Optional[int], TrainOpt("--max-length", help="Most tokens per example.", show_default=False)] = None,
+                 lora_r: Annotated[Optional[int], TrainOpt("--lora-r", show_default=False)] = None,
+                 lora_alpha: Annotated[Optional[int], TrainOpt("--lora-alpha", show_default=False)] = None,
+                 eval_fraction: Annotated[Optional[float], TrainOpt("--eval-fraction", help="Share held out for eval loss.", show_default=False)] = None,
+                 early_stopping: Annotated[Optional[int], TrainOpt("--early-stopping", help="Epochs without eval improvement before stopping; 0 = off.", show_default=False)] = None,
+                 seed: Annotated[Optional[int], TrainOpt("--seed", show_default=False)] = None,
+                 prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", help="Field holding the prompt in other datasets (e.g. question).", show_default=False)] = None,
+                 completion_field: Annotated[Optional[str], typer.Option("--completion-field", help="Field holding the desired output (e.g. answer).", show_default=False)] = None,
+                 system: Annotated[Optional[str], typer.Option("--system", help="System prompt added to every example.", show_default=False)] = None,
+                 resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of --name from its last checkpoint.")] = False,
+                 restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run of --name and start again.")] = False,
+                 overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a registered model of the same name.")] = False,
+                 workspace: WorkspaceOpt = None) -> None:
+    """Supervised fine-tuning (LoRA or full) on demonstrations; the result is registered as --name.
+
+    Every other setting is in ragtune.toml [train]. Under torchrun/accelerate launch each process
+    trains on its share of every batch (gloo on CPU, nccl on GPUs)."""
+    from ragtune.train.finetune import finetune
+
+    ws = _workspace(workspace)
+    cfg = ws.config.override("train", base=base, method=method, epochs=epochs, learning_rate=learning_rate, schedule=schedule,
+                             batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lora_r=lora_r,
+                             lora_alpha=lora_alpha, eval_fraction=eval_fraction, early_stopping=early_stopping, seed=seed).train
+    rank = _init_distributed()
+    c = _console(stderr=True)
+    with _RichProgress() as progress:
+        bar = progress.task("steps", None) if rank == 0 else None
+
+        def on_step(record: dict) -> None:
+            if bar is not None:
+                progress.bar.update(bar, total=record["total_steps"], completed=record["step"], note=f"loss {record['loss']:.3f} · {record['tokens_per_s']:.0f} tok/s · epoch {record['epoch']:.2f}")
+
+        folder = finetune(ws, name, data, cfg, resume=resume, restart=restart, overwrite=overwrite, prompt_field=prompt_field,
+                          completion_field=completion_field, system=system, on_step=on_step,
+                          log=(lambda line: progress.bar.console.print(line)) if rank == 0 else (lambda line: None))
+    if rank == 0:
+        _print_card(folder.name, ws, _console())
+    c.print("")
+
+
+def _init_distributed() -> int:
+    """Join the process group when started by torchrun / accelerate launch; this process's rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
+@models_app.command("list")
+def models_list(workspace: WorkspaceOpt = None) -> None:
+    """Registered models with their base, kind and headline metrics."""
+    from rich.table import Table
+
+    from ragtune.train.registry import list_models
+
+    ws = _workspace(workspace)
+    cards = list_models(ws.root)
+    if not cards:
+        _console().print("no models yet: `ragtune finetune sft --data FILE --name NAME`")
+        return
+    table = Table("name", "kind", "base", "eval loss before → after", "created")
+    for card in cards:
+        m = card.metrics
+        table.add_row(card.name, card.kind, card.base.get("name", ""), f"{_fmt(m.get('eval_loss_before'))} → {_fmt(m.get('eval_loss_after'))}",
+                      card.created[:19])
+    _console().print(table)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="A registered model.")], workspace: WorkspaceOpt = None) -> None:
+    """The model card: base and data hashes, training config, metrics, packages."""
+    _print_card(name, _workspace(workspace), _console())
+
+
+def _print_card(name: str, ws, c) -> None:
+    from ragtune.train.registry import load_card
+
+    card = load_card(ws.root, name)
+    c.print(f"[bold]{card.name}[/] ({card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
+            f"data sha256 {card.data_sha256[:16]} · {card.train_time_s:.0f}s")
+    _print_metrics({k: v for k, v in card.metrics.items() if not isinstance(v, (list, dict))}, c)
+
+
+@models_app.command("rm")
+def models_rm(name: Annotated[str, typer.Argument(help="A registered model.")], workspace: WorkspaceOpt = None) -> None:
+    """Delete a registered model (its adapter or weights, tokenizer and card)."""
+    from ragtune.train.registry import remove
+
+    _console().print(f"removed {remove(_workspace(workspace).root, name)}")
+
+
+@models_app.command("merge")
+def models_merge(name: Annotated[str, typer.Argument(help="A registered LoRA model.")],
+                 out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the merged model (default: the model's merged/).", show_default=False)] = None,
+                 workspace: WorkspaceOpt = None) -> None:
+    """Fold a LoRA adapter into its base: a plain Hugging Face model folder (for other tools, or faster serving)."""
+    from ragtune.train.registry import merge
+
+    _console().print(f"wrote {merge(_workspace(workspace).root, name, out)}")
 
 
 @app.callback(invoke_without_command=True)

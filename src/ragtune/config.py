@@ -83,7 +83,7 @@ class GenerateConfig:
     """Writing the answer."""
 
     backend: GenerateBackend = _f("llamacpp", "llamacpp = a GGUF via llama-cpp-python; transformers = a local HF model (+ PEFT adapter); openai = any OpenAI-compatible HTTP endpoint.")
-    model: str = _f("smollm2", "'smollm2' (bundled SmolLM2-135M-Instruct GGUF), a .gguf file, a Hugging Face model folder, or the endpoint's model name.")
+    model: str = _f("smollm2", "'smollm2' (bundled SmolLM2-135M-Instruct GGUF), a .gguf file, a Hugging Face model folder, a registered fine-tuned model's name (served by transformers), or the endpoint's model name.")
     adapter: str = _f("", "transformers: a PEFT adapter folder applied on top of the model; empty = none.")
     context_size: int = _f(2048, "Context window in tokens (prompt + answer).")
     max_tokens: int = _f(256, "Most tokens generated per answer.")
@@ -106,6 +106,31 @@ class StoreConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Fine-tuning (`ragtune finetune sft`); flags of the command override these."""
+
+    base: str = _f("smollm2", "Base model: 'smollm2' (the bundled GGUF, converted once to a Hugging Face folder) or a local Hugging Face model folder.")
+    method: Literal["lora", "full"] = _f("lora", "lora = train a small adapter (PEFT); full = train every weight.")
+    epochs: float = _f(1.0, "Passes over the training examples (fractions allowed).")
+    learning_rate: float = _f(2e-4, "Peak learning rate (LoRA likes ~2e-4, full fine-tuning ~2e-5).")
+    schedule: Literal["cosine", "linear", "constant"] = _f("cosine", "Learning-rate decay after the warm-up.")
+    warmup_ratio: float = _f(0.03, "Share of the steps spent warming the learning rate up from 0.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    batch_size: int = _f(8, "Examples per forward pass (batched by similar length: little padding).")
+    grad_accum: int = _f(1, "Forward passes per optimiser step (effective batch = batch_size x grad_accum x processes).")
+    max_length: int = _f(512, "Most tokens per example (chat template included); longer examples are refused by validation.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA path.")
+    lora_targets: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Module names that get LoRA adapters.")
+    eval_fraction: float = _f(0.05, "Share of the examples held out for eval loss (and the forgetting check); 0 = none.")
+    early_stopping: int = _f(0, "Stop when eval loss has not improved for this many epochs; 0 = off.")
+    checkpoint_steps: int = _f(50, "Save a resumable checkpoint every N optimiser steps (and at the end of each epoch).")
+    seed: int = _f(0, "Seed for data order, eval split and initialisation.")
+    threads: int = _f(0, "CPU threads for torch; 0 = all cores.")
+
+
+@dataclass
 class ExperimentConfig:
     """Tracking evaluation runs (`ragtune eval qa`, `ragtune experiment run`)."""
 
@@ -121,6 +146,7 @@ class Config:
     rag: RagConfig = field(default_factory=RagConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @classmethod
@@ -184,8 +210,8 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-_POSITIVE = {"chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
-_NON_NEGATIVE = {"chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
+_POSITIVE = {"epochs", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
+_NON_NEGATIVE = {"warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

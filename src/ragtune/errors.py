@@ -34,8 +34,12 @@ class LoadError(RagtuneError):
 
 
 class DatasetError(RagtuneError):
-    """An evaluation dataset (BEIR folder, qrels) is missing a file or malformed."""
+    """A dataset (questions, demonstrations, a BEIR folder) is missing, or a file in it is malformed."""
 
 
 class GeneratorError(RagtuneError):
     """A generator cannot be loaded or reached, or its answer cannot be read."""
+
+
+class ModelError(RagtuneError):
+    """A base model or a registered (fine-tuned) model is missing, incomplete, or its name is invalid or taken."""

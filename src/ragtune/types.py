@@ -167,3 +167,16 @@ class QAItem:
     doc_ids: list[str] = field(default_factory=list)
     context: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Example:
+    """One supervised fine-tuning demonstration: chat turns ending with the assistant's reply.
+
+    Every assistant turn is learned (carries loss); system and user turns are context only.
+    ``metadata`` holds the row's other scalar fields (e.g. GSM8K's ``final_answer``).
+    """
+
+    id: str
+    messages: list[dict[str, str]]
+    metadata: dict[str, Any] = field(default_factory=dict)

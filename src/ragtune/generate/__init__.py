@@ -6,6 +6,13 @@ with token counts and timings.
 ``transformers`` (a Hugging Face folder or a GGUF loaded by transformers, plus a PEFT adapter),
 ``openai`` (any OpenAI-compatible HTTP endpoint). Each backend is one module; its heavy imports
 stay inside it.
+
+A fine-tuned model registered in the workspace (``ragtune.train.registry``) is named like any
+other: ``[generate] model = NAME`` or ``ragtune ask --model NAME``. It is always served by the
+transformers backend (its base folder + LoRA adapter, or its full model folder), also when
+``backend = "llamacpp"`` (the default): llama.cpp cannot read a PEFT adapter, and the switch is
+visible, not silent: the generator is named ``transformers:NAME``, which answers and runs record.
+With ``backend = "openai"`` the name is the endpoint's and is passed on unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ragtune.config import GenerateBackend
-from ragtune.errors import GeneratorError
+from ragtune.errors import ConfigError, GeneratorError
 
 Messages = list[dict[str, str]]
 
@@ -85,7 +92,10 @@ BACKENDS: tuple[str, ...] = typing.get_args(GenerateBackend)
 
 
 def model_path(model: str, root: Path | None = None, key: str = "model") -> Path:
-    """A registry name or a path (relative to the workspace) to an existing model file or folder."""
+    """A registry name or a path (relative to the workspace) to an existing model file or folder;
+    for the name of a model registered in the workspace, its folder (``.ragtune/models/NAME``)."""
+    if key == "model" and root is not None and (registered := _registered(model, root)) is not None:
+        return registered
     if model in MODELS:
         path = MODELS[model]()
     else:
@@ -99,18 +109,32 @@ def model_path(model: str, root: Path | None = None, key: str = "model") -> Path
 
 
 def get_generator(cfg, root: Path | None = None) -> Generator:
-    """The generator for a ``GenerateConfig`` (cached per process: loading a model takes time)."""
+    """The generator for a ``GenerateConfig`` (cached per process: loading a model takes time).
+    With ``root``, a registered model's name in ``model`` is served by transformers (see above)."""
     from dataclasses import astuple
 
-    return _cached(astuple(cfg), str(root) if root else None)
+    registered = _registered(cfg.model, root) if cfg.backend != "openai" else None
+    card = registered / "card.json" if registered else None
+    stamp = card.stat().st_mtime_ns if card and card.exists() else None  # registered again under the name: reload
+    return _cached(astuple(cfg), str(root) if root else None, registered is not None, stamp)
+
+
+def _registered(model: str, root: Path | str | None) -> Path | None:
+    if root is None:
+        return None
+    from ragtune.train.registry import registered
+
+    return registered(Path(root), model)
 
 
 @lru_cache(maxsize=2)
-def _cached(values: tuple, root: str | None) -> Generator:
+def _cached(values: tuple, root: str | None, registered: bool = False, stamp: int | None = None) -> Generator:
     from ragtune.config import GenerateConfig
 
     cfg = GenerateConfig(*values)
     threads = cfg.threads or os.cpu_count() or 1
+    if registered:
+        return _registered_generator(cfg, Path(root), threads)  # type: ignore[arg-type]
     if cfg.backend == "llamacpp":
         from ragtune.generate.llamacpp import LlamaCppGenerator
 
@@ -126,3 +150,16 @@ def _cached(values: tuple, root: str | None) -> Generator:
 
         return OpenAIGenerator(cfg)
     raise GeneratorError(f"unknown generator {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def _registered_generator(cfg, root: Path, threads: int) -> Generator:
+    """A registered model through transformers: base + adapter, or the full fine-tuned model."""
+    from ragtune.generate.transformers import TransformersGenerator
+    from ragtune.train.registry import resolve
+
+    if cfg.adapter:
+        raise ConfigError(f"[generate] adapter = {cfg.adapter!r} cannot be combined with the registered model "
+                          f"{cfg.model!r}, which brings its own; set adapter = \"\"")
+    parts = resolve(root, cfg.model)
+    return TransformersGenerator(parts.base, cfg, threads, parts.adapter, tokenizer=parts.tokenizer,
+                                 name=f"transformers:{cfg.model}")

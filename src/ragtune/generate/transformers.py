@@ -13,7 +13,10 @@ from ragtune.generate import Generator, Messages
 
 
 class TransformersGenerator(Generator):
-    def __init__(self, path: Path, cfg, threads: int, adapter: Path | None = None) -> None:
+    def __init__(self, path: Path, cfg, threads: int, adapter: Path | None = None,
+                 tokenizer: Path | None = None, name: str | None = None) -> None:
+        """``tokenizer``: a folder to take the tokenizer from instead of ``path`` (a registered
+        model's ``tokenizer/``); ``name``: how the generator reports itself."""
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -24,7 +27,7 @@ class TransformersGenerator(Generator):
         gguf = path.is_file() and path.suffix.lower() == ".gguf"
         folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or folder), **({} if tokenizer else extra))
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **extra)
         except (OSError, ValueError) as e:
             raise GeneratorError(f"cannot load {path} with transformers ({str(e).splitlines()[0]}); "
@@ -41,7 +44,7 @@ class TransformersGenerator(Generator):
         self.model = model.eval()
         self._torch = torch
         self.cfg, self.context_size, self.max_tokens = cfg, cfg.context_size, cfg.max_tokens
-        self.name = f"transformers:{path.name}" + (f"+{adapter.name}" if adapter else "")
+        self.name = name or f"transformers:{path.name}" + (f"+{adapter.name}" if adapter else "")
 
     def format(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -1,0 +1,1 @@
+"""Fine-tuning: demonstration data, trainers and the adapters they produce."""

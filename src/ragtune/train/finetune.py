@@ -1,0 +1,181 @@
+"""``ragtune finetune sft``: data -> checked examples -> base model -> training (resumable) ->
+registered model with its card.
+
+Work in progress lives in ``.ragtune/train/NAME/`` (``run.json``: what is being trained, from
+what; ``checkpoint/``: the latest resumable state). Only a finished run is registered, in one
+rename (``train.registry.register``); then the work folder is removed. A killed run leaves its
+work folder: ``resume=True`` continues from the last checkpoint; anything else refuses to start
+over it (``restart=True`` discards it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError, DatasetError, ModelError
+
+WORK_DIR = "train"
+
+
+def prepare(ws, data: Path, cfg, prompt_field: str | None = None, completion_field: str | None = None,
+            system: str | None = None) -> dict[str, Any]:
+    """Load, check and encode the data for ``cfg``'s base model; every problem is raised before
+    any training (``DatasetError`` listing them). Returns base folder, tokenizer, encoded splits."""
+    from transformers import AutoTokenizer
+
+    from ragtune.train.base import materialise_base
+    from ragtune.train.data import load_examples, overlap, split
+    from ragtune.train.sft import encode
+
+    examples = load_examples(data, prompt_field, completion_field, system=system)
+    train, held_out = split(examples, cfg.eval_fraction, cfg.seed)
+    clashes = overlap(train, held_out)
+    if clashes:
+        raise DatasetError(f"{data}: {len(clashes)} eval example(s) repeat a train prompt, e.g. {clashes[0]}; "
+                           "remove the duplicates (or change --seed)")
+    base = materialise_base(cfg.base, ws.root)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    encoded, problems = {}, []
+    for part, items in (("train", train), ("eval", held_out)):
+        encoded[part] = []
+        for ex in items:
+            try:
+                encoded[part].append(encode(ex, tokenizer, cfg.max_length))
+            except DatasetError as e:
+                problems.append(str(e))
+    if problems:
+        raise DatasetError(f"{data}: {len(problems)} example(s) cannot be trained on:\n  " + "\n  ".join(problems[:10]))
+    return {"base": base, "tokenizer": tokenizer, "train": encoded["train"], "eval": encoded["eval"],
+            "examples": {"train": train, "eval": held_out}, "data_sha256": _sha256(data)}
+
+
+def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
+             prompt_field: str | None = None, completion_field: str | None = None, system: str | None = None,
+             on_step=None, log=print) -> Path:
+    """Train ``name`` on ``data`` with ``cfg`` (a ``TrainConfig``) and register it; returns its folder."""
+    import torch
+
+    from ragtune.train import checkpoint
+    from ragtune.train.registry import check_name, register, registered
+    from ragtune.train.sft import build_model, evaluate_loss, stats_json, train_loop
+
+    check_name(name)
+    if registered(ws.root, name) and not overwrite:
+        raise ModelError(f"a model named {name!r} is already registered; pick another --name, "
+                         f"`ragtune models rm {name}`, or --overwrite")
+    prepared = prepare(ws, data, cfg, prompt_field, completion_field, system)  # bad data stops here, nothing written
+    work = ws.state_dir / WORK_DIR / name
+    run = _start(work, name, data, cfg, resume, restart)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tok = prepared["tokenizer"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = build_model(prepared["base"], cfg, cfg.seed)
+    start = None
+    if resume and (found := checkpoint.latest(work / "checkpoint")):
+        start = checkpoint.load(found, model)
+        log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
+    if "eval_loss_before" not in run:
+        run["eval_loss_before"] = evaluate_loss(model, prepared["eval"], cfg.batch_size, pad) if start is None else None
+        if _rank() == 0:
+            _write(work / "run.json", run)
+    log(f"training {name}: {len(prepared['train'])} examples ({len(prepared['eval'])} held out), {cfg.method}, "
+        f"base {prepared['base']}")
+    started = time.perf_counter()
+    stats = train_loop(model, prepared["train"], cfg, pad, eval_set=prepared["eval"], on_step=on_step, start=start,
+                       on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
+    if _rank() != 0:  # under torchrun: rank 0 registers and tracks
+        return ws.state_dir / "models" / name
+    metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
+               "eval_loss_before": run["eval_loss_before"], "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
+               "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
+               "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens}
+    folder = _register(ws, name, model, tok, cfg, prepared, metrics, stats, overwrite)
+    _track(ws, name, cfg, metrics, stats_json(stats), folder)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"registered {name} in {folder} ({time.perf_counter() - started:.0f}s)")
+    return folder
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) -> dict[str, Any]:
+    """The work folder's run.json: new, or the interrupted one when resuming (same data and settings)."""
+    wanted = {"name": name, "data": str(Path(data).resolve()), "data_sha256": _sha256(data), "config": dataclasses.asdict(cfg)}
+    path = work / "run.json"
+    if _rank() != 0:  # other processes of a torchrun job follow rank 0's decisions
+        return json.loads(path.read_text()) if resume and path.exists() else wanted
+    if path.exists() and restart:
+        shutil.rmtree(work)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if not resume:
+            raise ConfigError(f"an interrupted run of {name!r} is in {work}: add --resume to continue it, "
+                              "or --restart to discard it")
+        changed = [k for k in ("data_sha256", "config") if previous.get(k) != wanted[k]]
+        if changed:
+            raise ConfigError(f"--resume: the {' and '.join(changed)} changed since {name!r} started; "
+                              "use the same data and settings, or --restart")
+        return previous
+    if resume:
+        raise ConfigError(f"nothing to resume: no interrupted run of {name!r} in {work}")
+    work.mkdir(parents=True, exist_ok=True)
+    _write(path, wanted)
+    return wanted
+
+
+def _register(ws, name: str, model, tokenizer, cfg, prepared: dict, metrics: dict, stats, overwrite: bool) -> Path:
+    from ragtune.train.base import base_identity
+    from ragtune.train.registry import ModelCard, register, staging
+
+    stage = staging(ws.root, name)
+    model.save_pretrained(str(stage / ("adapter" if cfg.method == "lora" else "model")))
+    tokenizer.save_pretrained(str(stage / "tokenizer"))
+    card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared["base"]), data_sha256=prepared["data_sha256"],
+                     config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds)
+    return register(ws.root, name, stage, card, overwrite=overwrite)
+
+
+def _track(ws, name: str, cfg, metrics: dict, stats: dict, folder: Path) -> None:
+    """MLflow (experiment "finetune"): the config as params, loss per step, the card as artefact."""
+    from ragtune.experiment.tracking import flatten, metric_name, tracker_for
+
+    tracker = tracker_for(ws)
+    if tracker is None:
+        return
+    from mlflow.entities import Metric, Param
+
+    client = tracker.client
+    rid = client.create_run(tracker.experiment_id("finetune"), run_name=name, tags={"ragtune.model": name}).info.run_id
+    params = [Param(f"train.{k}", str(v)[:6000]) for k, v in flatten(dataclasses.asdict(cfg)).items()]
+    now = int(time.time() * 1000)
+    values = [Metric(metric_name(k), float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+    values += [Metric("loss", float(h["loss"]), now, int(h["step"])) for h in stats["history"]]
+    for i in range(0, len(values), 900):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(rid, metrics=values[i:i + 900], params=params if i == 0 else [])
+    client.log_artifact(rid, str(folder / "card.json"))
+    client.set_terminated(rid)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,191 @@
+"""Supervised fine-tuning on a tiny random Llama (real SmolLM2 tokenizer and chat template), and
+two real steps on the bundled SmolLM2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragtune import Workspace
+from ragtune.errors import ConfigError, DatasetError
+from ragtune.types import Example
+from tests.conftest import REPO
+
+GSM8K = REPO.parent / "shared" / "data" / "sft" / "gsm8k_train_subset.jsonl"
+
+
+@pytest.fixture
+def gsm(tmp_path):
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("".join(GSM8K.open().readlines()[:24]))
+    return path
+
+
+def untracked(root):
+    """A workspace whose runs skip MLflow (creating its database costs seconds per test)."""
+    ws = Workspace.init(root)
+    (ws.root / "ragtune.toml").write_text((ws.root / "ragtune.toml").read_text().replace('tracking_uri = ""', 'tracking_uri = "none"'))
+    return Workspace(ws.root)
+
+
+def tiny_config(ws, base, **kw):
+    settings = dict(base=str(base), epochs=2.0, learning_rate=5e-3, batch_size=4, eval_fraction=0.2, checkpoint_steps=2,
+                    warmup_ratio=0.0, max_length=384)
+    settings.update(kw)
+    return ws.config.override("train", **settings).train
+
+
+def adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+def test_only_assistant_tokens_carry_loss(tiny_llama_folder):
+    from transformers import AutoTokenizer
+
+    from ragtune.train.sft import IGNORE, encode
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_folder))
+    ex = Example("e1", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"},
+                        {"role": "assistant", "content": "6"}])
+    enc = encode(ex, tok, 512)
+    spans, current = [], []
+    for token, label in zip(enc.input_ids, enc.labels):
+        if label == IGNORE:
+            if current:
+                spans.append(tok.decode(current))
+                current = []
+        else:
+            assert label == token
+            current.append(token)
+    spans.append(tok.decode(current)) if current else None
+    assert spans == ["4<|im_end|>\n", "6<|im_end|>\n"]  # the answers and their end-of-turn, nothing else
+    assert tok.decode(enc.input_ids).count("Be brief.") == 1
+    with pytest.raises(DatasetError, match="more than max_length = 10"):
+        encode(ex, tok, 10)
+
+
+@pytest.mark.slow
+def test_lora_loss_falls_and_the_model_is_registered(tmp_path, tiny_llama_folder, gsm):
+    from ragtune.train.finetune import finetune
+    from ragtune.train.registry import load_card
+
+    ws = Workspace.init(tmp_path / "ws")
+    steps = []
+    folder = finetune(ws, "tiny-gsm", gsm, tiny_config(ws, tiny_llama_folder), prompt_field="question",
+                      completion_field="answer", on_step=steps.append, log=lambda _: None)
+    card = load_card(ws.root, "tiny-gsm")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws.state_dir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    assert run.data.params["train.lora_r"] == "16" and run.data.metrics["eval_loss_after"] == card.metrics["eval_loss_after"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == len(steps)
+    assert card.kind == "lora" and card.metrics["eval_loss_after"] < card.metrics["eval_loss_before"]
+    first, last = sum(s["loss"] for s in steps[:2]) / 2, sum(s["loss"] for s in steps[-2:]) / 2
+    assert last < first and card.metrics["steps"] == len(steps) == steps[-1]["total_steps"]
+    assert card.config["lora_r"] == 16 and len(card.data_sha256) == 64
+    assert (folder / "adapter" / "adapter_model.safetensors").exists() and (folder / "tokenizer").is_dir()
+    assert not (ws.state_dir / "train" / "tiny-gsm").exists()  # the work folder goes once registered
+
+
+def test_adapter_round_trips(tmp_path, tiny_llama_folder, gsm):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragtune.train.data import load_examples
+    from ragtune.train.sft import build_model, encode, train_loop
+
+    ws = untracked(tmp_path / "ws")
+    cfg = tiny_config(ws, tiny_llama_folder, epochs=1.0)
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_folder))
+    encoded = [encode(e, tok, 384) for e in load_examples(gsm, "question", "answer")[:8]]
+    model = build_model(tiny_llama_folder, cfg, 0)
+    train_loop(model, encoded, cfg, tok.pad_token_id)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_folder)), str(tmp_path / "adapter"))
+    ids = torch.tensor([encoded[0].input_ids])
+    model.eval()
+    with torch.no_grad():
+        trained, loaded = model(input_ids=ids).logits, again.eval()(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_llama_folder))(input_ids=ids).logits
+    assert torch.allclose(trained, loaded, atol=1e-5)
+    assert not torch.allclose(trained, base, atol=1e-3)  # the adapter changed something
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_continues_where_a_killed_run_stopped(tmp_path, tiny_llama_folder, gsm):
+    from ragtune.train.finetune import finetune
+
+    ws = untracked(tmp_path / "ws")
+    cfg = tiny_config(ws, tiny_llama_folder)
+    kw = dict(prompt_field="question", completion_field="answer", log=lambda _: None)
+    whole = finetune(ws, "whole", gsm, cfg, **kw)
+
+    def die_at_5(record):
+        if record["step"] == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(ws, "resumed", gsm, cfg, on_step=die_at_5, **kw)
+    assert not (ws.state_dir / "models" / "resumed").exists()  # nothing half-registered
+    state = json.loads((ws.state_dir / "train" / "resumed" / "checkpoint" / "state.json").read_text())
+    assert state["stats"]["steps"] == 4  # the last checkpoint (every 2 steps) before the kill
+    with pytest.raises(ConfigError, match="--resume"):
+        finetune(ws, "resumed", gsm, cfg, **kw)
+    seen = []
+    resumed = finetune(ws, "resumed", gsm, cfg, resume=True, on_step=seen.append, **kw)
+    assert seen[0]["step"] == 5  # continued with the step after the checkpoint
+    a, b = adapter_tensors(whole), adapter_tensors(resumed)
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        finetune(ws, "other", gsm, cfg, resume=True, **kw)
+
+
+def test_bad_data_is_refused_before_training(tmp_path, tiny_llama_folder):
+    from ragtune.train.finetune import finetune
+
+    ws = untracked(tmp_path / "ws")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n[1, 2]\n'
+                   '{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DatasetError) as e:
+        finetune(ws, "bad", bad, tiny_config(ws, tiny_llama_folder), log=lambda _: None)
+    for line in ("line 2", "line 3", "line 4"):
+        assert line in str(e.value)
+    assert not (ws.state_dir / "train" / "bad").exists()
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "word " * 400, "completion": "ok"}) + "\n" + json.dumps({"prompt": "hi", "completion": "ok"}) + "\n")
+    with pytest.raises(DatasetError, match=r"example 1 has \d+ tokens, more than max_length = 384"):
+        finetune(ws, "long", long, tiny_config(ws, tiny_llama_folder), log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, tiny_llama_folder, gsm):
+    """torchrun with 2 CPU processes (gloo), each half of every batch, ends where one process does."""
+    ws = untracked(tmp_path / "ws")
+    args = ["finetune", "sft", "--data", str(gsm), "--prompt-field", "question", "--completion-field", "answer",
+            "--base", str(tiny_llama_folder), "--epochs", "1", "--lr", "5e-3", "--batch-size", "4", "--eval-fraction", "0.2",
+            "-w", str(ws.root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "ragtune.cli", *args, "--name", "one"], capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "ragtune.cli", *args, "--name", "two"], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    cards = {n: json.loads((ws.state_dir / "models" / n / "card.json").read_text()) for n in ("one", "two")}
+    assert cards["one"]["metrics"]["steps"] == cards["two"]["metrics"]["steps"]
+    assert cards["one"]["metrics"]["examples_seen"] == cards["two"]["metrics"]["examples_seen"]
+    assert abs(cards["one"]["metrics"]["eval_loss_after"] - cards["two"]["metrics"]["eval_loss_after"]) < 1e-3
+    a, b = adapter_tensors(ws.state_dir / "models" / "one"), adapter_tensors(ws.state_dir / "models" / "two")
+    assert max((a[k] - b[k]).abs().max() for k in a) < 1e-3
