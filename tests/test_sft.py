@@ -189,3 +189,21 @@ def test_two_processes_train_like_one(tmp_path, tiny_llama_folder, gsm):
     assert abs(cards["one"]["metrics"]["eval_loss_after"] - cards["two"]["metrics"]["eval_loss_after"]) < 1e-3
     a, b = adapter_tensors(ws.state_dir / "models" / "one"), adapter_tensors(ws.state_dir / "models" / "two")
     assert max((a[k] - b[k]).abs().max() for k in a) < 1e-3
+
+
+@pytest.mark.slow
+def test_two_real_steps_on_smollm2_then_ask_with_the_result(tmp_path, smollm2_base, gsm, handbook_copy):
+    from ragtune.train.finetune import finetune
+
+    _, base, _ = smollm2_base
+    ws = untracked(tmp_path / "ws")
+    cfg = ws.config.override("train", base=str(base), epochs=1.0, batch_size=2, eval_fraction=0.0, max_length=512).train
+    four = tmp_path / "four.jsonl"
+    four.write_text("".join(gsm.read_text().splitlines(keepends=True)[:4]))
+    steps = []
+    finetune(ws, "real", four, cfg, prompt_field="question", completion_field="answer", on_step=steps.append, log=lambda _: None)
+    assert [s["step"] for s in steps] == [1, 2] and all(0 < s["loss"] < 5 for s in steps)  # a trained model's loss, not random
+    ws.ingest([handbook_copy])
+    ws.config = ws.config.override("generate", model="real", max_tokens=24)
+    answer = ws.ask("Who founded the observatory?")
+    assert answer.generator == "transformers:real" and answer.text.strip() and answer.sources

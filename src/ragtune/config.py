@@ -125,6 +125,8 @@ class TrainConfig:
     lora_targets: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Module names that get LoRA adapters.")
     eval_fraction: float = _f(0.05, "Share of the examples held out for eval loss (and the forgetting check); 0 = none.")
     early_stopping: int = _f(0, "Stop when eval loss has not improved for this many epochs; 0 = off.")
+    activation_checkpointing: bool = _f(True, "Keep only each layer's input during the forward pass and recompute the rest in the backward pass: a fraction of the memory for ~30% more compute.")
+    low_memory: bool = _f(False, "Return freed memory to the system at once (glibc): about half the peak memory, about a third slower.")
     checkpoint_steps: int = _f(50, "Save a resumable checkpoint every N optimiser steps (and at the end of each epoch).")
     seed: int = _f(0, "Seed for data order, eval split and initialisation.")
     threads: int = _f(0, "CPU threads for torch; 0 = all cores.")

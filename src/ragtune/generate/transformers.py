@@ -5,6 +5,7 @@ fine-tuned models are served. Runs in fp32 on CPU (bf16 is slower without native
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +24,7 @@ class TransformersGenerator(Generator):
 
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)  # PEFT
         torch.set_num_threads(threads)
         gguf = path.is_file() and path.suffix.lower() == ".gguf"
         folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})

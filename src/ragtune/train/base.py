@@ -87,7 +87,7 @@ def _convert(gguf: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    _quiet()
+    quiet()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
@@ -160,7 +160,7 @@ def tiny_llama(folder: Path, tokenizer_from: Path, layers: int = 2, hidden: int 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
 
-    _quiet()
+    quiet()
     tokenizer = _tokenizer(Path(tokenizer_from))
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
@@ -246,11 +246,15 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _quiet() -> None:
+def quiet() -> None:
+    """No transformers progress bars or info logs, and no PEFT deprecation noise, in our output."""
+    import warnings
+
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def package_version(package: str) -> str:
