@@ -67,3 +67,24 @@ def tiny_llama_folder(tmp_path_factory):
     from ragtune.train.base import tiny_llama
 
     return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer_from=model_path("smollm2"))
+
+
+NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elif", "Femi", "Grace", "Hiro", "Ines", "Jonas", "Kofi", "Lena"]
+THINGS = ["apples", "stamps", "marbles", "books", "shells", "coins"]
+
+
+def gsm8k_like(n: int) -> list[dict]:
+    """GSM8K-format rows (id, question, answer with <<calc>> steps ending '#### N', final_answer),
+    made up deterministically: tests do not depend on the shared data folder being next to the repo."""
+    rows = []
+    for i in range(n):
+        name, thing = NAMES[i % len(NAMES)], THINGS[i % len(THINGS)]
+        a, b, c = 3 + i % 7, 2 + (i * 5) % 9, 2 + i % 3
+        total = (a + b) * c
+        rows.append({"id": f"arith-{i:03d}",
+                     "question": f"{name} has {a} {thing} and gets {b} more. Then {name} collects {c} times as many "
+                                 f"as that. How many {thing} does {name} have now?",
+                     "answer": f"{name} first has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {thing}.\n"
+                               f"Then {a + b} x {c} = <<{a + b}*{c}={total}>>{total}.\n#### {total}",
+                     "final_answer": str(total)})
+    return rows

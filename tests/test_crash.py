@@ -2,7 +2,6 @@
 rerunning the same command completes it with exactly the chunks of an uninterrupted run."""
 
 import collections
-import os
 import signal
 import subprocess
 import time

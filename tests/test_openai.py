@@ -2,7 +2,6 @@
 OpenAI server with the bundled GGUF, and small servers that misbehave on purpose."""
 
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 metrics and ``aggregate``, checked as HTML in Python and rendered in a real Chromium."""
 
 import os
-import re
 import shutil
 from html.parser import HTMLParser
 

@@ -5,22 +5,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ragtune import Workspace
 from ragtune.errors import ConfigError, DatasetError
 from ragtune.types import Example
-from tests.conftest import REPO
+from tests.conftest import gsm8k_like
 
-GSM8K = REPO.parent / "shared" / "data" / "sft" / "gsm8k_train_subset.jsonl"
 
 
 @pytest.fixture
 def gsm(tmp_path):
     path = tmp_path / "gsm.jsonl"
-    path.write_text("".join(GSM8K.open().readlines()[:24]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_like(24)))
     return path
 
 
@@ -90,8 +88,20 @@ def test_lora_loss_falls_and_the_model_is_registered(tmp_path, tiny_llama_folder
     first, last = sum(s["loss"] for s in steps[:2]) / 2, sum(s["loss"] for s in steps[-2:]) / 2
     assert last < first and card.metrics["steps"] == len(steps) == steps[-1]["total_steps"]
     assert card.config["lora_r"] == 16 and len(card.data_sha256) == 64
+    assert card.metrics["probe_ppl_before"] > 1 and card.metrics["probe_ppl_after"] > 1
+    assert card.metrics["forgetting_flagged"] == (card.metrics["probe_ppl_change"] > 0.1)
     assert (folder / "adapter" / "adapter_model.safetensors").exists() and (folder / "tokenizer").is_dir()
     assert not (ws.state_dir / "train" / "tiny-gsm").exists()  # the work folder goes once registered
+
+
+def test_forgetting_is_flagged_past_the_threshold():
+    from ragtune.train.probe import forgetting, probe_texts
+
+    assert len(probe_texts()) == 10  # shipped with the package
+    same = forgetting({"probe_ppl": 20.0}, {"probe_ppl": 21.0}, 0.1)
+    worse = forgetting({"probe_ppl": 20.0}, {"probe_ppl": 23.0}, 0.1)
+    assert same["probe_ppl_change"] == pytest.approx(0.05) and not same["forgetting_flagged"]
+    assert worse["probe_ppl_change"] == pytest.approx(0.15) and worse["forgetting_flagged"]
 
 
 def test_adapter_round_trips(tmp_path, tiny_llama_folder, gsm):
@@ -203,6 +213,9 @@ def test_two_real_steps_on_smollm2_then_ask_with_the_result(tmp_path, smollm2_ba
     steps = []
     finetune(ws, "real", four, cfg, prompt_field="question", completion_field="answer", on_step=steps.append, log=lambda _: None)
     assert [s["step"] for s in steps] == [1, 2] and all(0 < s["loss"] < 5 for s in steps)  # a trained model's loss, not random
+    card = json.loads((ws.state_dir / "models" / "real" / "card.json").read_text())
+    assert 1 < card["metrics"]["probe_ppl_before"] < 100  # SmolLM2 reads everyday English well; a random model would be ~49k
+    assert abs(card["metrics"]["probe_ppl_change"]) < 0.1  # two small LoRA steps barely move it
     ws.ingest([handbook_copy])
     ws.config = ws.config.override("generate", model="real", max_tokens=24)
     answer = ws.ask("Who founded the observatory?")

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-from itertools import islice
 
 import pytest
 
@@ -11,9 +10,8 @@ from ragtune.evaluate.qa import load_qa
 from ragtune.train.data import (chat_token_counter, check_lengths, from_qa, load_examples, overlap, split,
                                 write_examples)
 from ragtune.types import Example, QAItem
-from tests.conftest import REPO
+from tests.conftest import REPO, gsm8k_like
 
-GSM8K = REPO.parent / "shared" / "data" / "sft" / "gsm8k_train_subset.jsonl"
 HANDBOOK_QA = REPO / "examples" / "handbook-qa.jsonl"
 
 QUESTION, ANSWER = "What is 2 + 3?", "2 + 3 = 5."
@@ -54,7 +52,7 @@ def test_system_argument_is_added_unless_a_system_turn_is_there(tmp_path):
 
 
 def test_gsm8k_rows_load_through_a_field_mapping(tmp_path):
-    rows = [json.loads(line) for line in islice(GSM8K.open(encoding="utf-8"), 20)]
+    rows = gsm8k_like(20)
     path = write_jsonl(tmp_path / "gsm8k.jsonl", rows)
     examples = load_examples(path, prompt_field="question", completion_field="answer")
     assert [e.id for e in examples] == [r["id"] for r in rows]
@@ -65,7 +63,7 @@ def test_gsm8k_rows_load_through_a_field_mapping(tmp_path):
 
 
 def test_gsm8k_without_a_mapping_says_which_fields_to_map(tmp_path):
-    path = write_jsonl(tmp_path / "gsm8k.jsonl", [GSM8K.open(encoding="utf-8").readline().strip()])
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", [json.dumps(gsm8k_like(1)[0])])
     with pytest.raises(DatasetError, match=r"line 1: no 'messages'.*fields: id, question, answer, final_answer.*--prompt-field"):
         load_examples(path)
     with pytest.raises(ConfigError, match="go together"):

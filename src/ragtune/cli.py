@@ -631,6 +631,10 @@ def _print_card(name: str, ws, c) -> None:
     c.print(f"[bold]{card.name}[/] ({card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
             f"data sha256 {card.data_sha256[:16]} · {card.train_time_s:.0f}s")
     _print_metrics({k: v for k, v in card.metrics.items() if not isinstance(v, (list, dict))}, c)
+    if card.metrics.get("forgetting_flagged"):
+        c.print(f"[yellow]forgetting:[/] general-text perplexity rose {card.metrics['probe_ppl_change']:+.1%} "
+                f"(over \\[train] forgetting_threshold {card.config.get('forgetting_threshold')}); "
+                "try fewer epochs, a lower learning rate or LoRA", soft_wrap=True)
 
 
 @models_app.command("rm")

@@ -127,6 +127,7 @@ class TrainConfig:
     early_stopping: int = _f(0, "Stop when eval loss has not improved for this many epochs; 0 = off.")
     activation_checkpointing: bool = _f(True, "Keep only each layer's input during the forward pass and recompute the rest in the backward pass: a fraction of the memory for ~30% more compute.")
     low_memory: bool = _f(False, "Return freed memory to the system at once (glibc): about half the peak memory, about a third slower.")
+    forgetting_threshold: float = _f(0.1, "Flag the model when the general-text probe's perplexity rises by more than this share (0.1 = 10%).")
     checkpoint_steps: int = _f(50, "Save a resumable checkpoint every N optimiser steps (and at the end of each epoch).")
     seed: int = _f(0, "Seed for data order, eval split and initialisation.")
     threads: int = _f(0, "CPU threads for torch; 0 = all cores.")
@@ -213,7 +214,7 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
 
 
 _POSITIVE = {"epochs", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
-_NON_NEGATIVE = {"warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
+_NON_NEGATIVE = {"forgetting_threshold", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

@@ -62,7 +62,8 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
     import torch
 
     from ragtune.train import checkpoint
-    from ragtune.train.registry import check_name, register, registered
+    from ragtune.train.probe import forgetting, perplexity, probe_texts
+    from ragtune.train.registry import check_name, registered
     from ragtune.train.sft import build_model, evaluate_loss, stats_json, train_loop
 
     check_name(name)
@@ -81,8 +82,9 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
     if resume and (found := checkpoint.latest(work / "checkpoint")):
         start = checkpoint.load(found, model)
         log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
-    if "eval_loss_before" not in run:
+    if "eval_loss_before" not in run:  # the base model (a fresh LoRA adapter changes nothing yet)
         run["eval_loss_before"] = evaluate_loss(model, prepared["eval"], cfg.batch_size, pad) if start is None else None
+        run["probe_ppl_before"] = perplexity(model, tok, probe_texts()) if start is None else None
         if _rank() == 0:
             _write(work / "run.json", run)
     log(f"training {name}: {len(prepared['train'])} examples ({len(prepared['eval'])} held out), {cfg.method}, "
@@ -95,7 +97,9 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
                "eval_loss_before": run["eval_loss_before"], "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
-               "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens}
+               "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens,
+               **forgetting({"probe_ppl": run["probe_ppl_before"]}, {"probe_ppl": perplexity(model, tok, probe_texts())},
+                            cfg.forgetting_threshold)}
     folder = _register(ws, name, model, tok, cfg, prepared, metrics, stats, overwrite)
     _track(ws, name, cfg, metrics, stats_json(stats), folder)
     shutil.rmtree(work, ignore_errors=True)

@@ -111,7 +111,6 @@ def completion_loss(model, batch) -> tuple[Any, int]:
 
     The decoder runs on the whole batch; only the rows whose next token is labelled reach the
     output layer, in chunks whose logits are recomputed in the backward pass (checkpointing)."""
-    import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
