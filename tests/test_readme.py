@@ -24,7 +24,7 @@ def test_demo_script_indexes_and_finds_the_answers(tmp_path):
     for fact in ("founded in 1931 by Cornelius Vantreight", "240 credits per night", "18.4 million credits", "KRO-Skyline",
                  "== ragtune ask", "G-114"):
         assert fact in " ".join(out.split()), fact
-    assert "handbook-retrieval:chunks-128" in out and (tmp_path / "demo" / "report.html").stat().st_size > 0
+    assert "sweep handbook-retrieval" in out and "chunks-128" in out and (tmp_path / "demo" / "report.html").stat().st_size > 0
     second = subprocess.run(["bash", "examples/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert "added 0 · updated 0 · unchanged 8" in second.stdout
     assert second.stderr.count("skipped") == 7  # the sweep's finished runs are not run again

@@ -363,11 +363,15 @@ def _print_runs(runs, c) -> None:
         c.print("no runs yet: `ragtune eval qa --qa FILE` or `ragtune experiment run SWEEP.toml`")
         return
     shown = [m for m in HEADLINE if any((r.metrics or {}).get(m) is not None for r in runs)]
-    table = Table("id", "name", "arm", *shown)
+    sweeps, arms = {r.info.get("sweep") for r in runs}, {r.info.get("arm") for r in runs}
+    title = " · ".join(filter(None, [f"sweep {next(iter(sweeps))}" if len(sweeps) == 1 and None not in sweeps else "",
+                                     f"arm {next(iter(arms))}" if len(arms) == 1 else ""]))
+    table = Table("id", "name", *([] if len(arms) == 1 else ["arm"]), *shown, title=title or None)
     table.columns[0].no_wrap = True
     for r in runs:
+        name = r.name.removeprefix(f"{r.info['sweep']}:") if len(sweeps) == 1 and r.info.get("sweep") else r.name
         values = [_fmt((r.metrics or {}).get(m)) if r.finished else "unfinished" for m in shown]
-        table.add_row(r.id, r.name, r.info.get("arm", ""), *values)
+        table.add_row(r.id, name, *([] if len(arms) == 1 else [r.info.get("arm", "")]), *values)
     c.print(table)
 
 
