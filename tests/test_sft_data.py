@@ -7,8 +7,7 @@ import pytest
 
 from ragtune.errors import ConfigError, DatasetError
 from ragtune.evaluate.qa import load_qa
-from ragtune.train.data import (chat_token_counter, check_lengths, from_qa, load_examples, overlap, split,
-                                write_examples)
+from ragtune.train.data import from_qa, load_examples, overlap, split, write_examples
 from ragtune.types import Example, QAItem
 from tests.conftest import REPO, gsm8k_like
 
@@ -113,23 +112,21 @@ def test_empty_and_missing_files_and_duplicate_ids(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_lengths_counts_tokens_with_the_smollm2_chat_template(tmp_path):
+def test_lengths_are_counted_with_the_smollm2_chat_template(tmp_path):
     from transformers import AutoTokenizer
 
     from ragtune.generate import model_path
+    from ragtune.train.sft import encode
 
     gguf = model_path("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    count = chat_token_counter(tokenizer)
     short = Example("short", EXPECTED, {})
     long = Example("long", [{"role": "user", "content": "Repeat: " + "observatory " * 60}, EXPECTED[1]], {})
     reference = len(tokenizer.apply_chat_template(long.messages, tokenize=True)["input_ids"])
-    assert count(long.messages) == reference
-    assert count(short.messages) < 50 < reference
-    problems = check_lengths([short, long], count, max_length=50)
-    assert problems == [f"example 'long': {reference} tokens, over max_length 50 "
-                        "(it would be truncated: shorten or drop it, or raise max_length)"]
-    assert check_lengths([short, long], count, max_length=reference) == []
+    assert len(encode(long, tokenizer, reference).input_ids) == reference
+    assert len(encode(short, tokenizer, 50).input_ids) < 50 < reference
+    with pytest.raises(DatasetError, match=f"example long has {reference} tokens, more than max_length = 50"):
+        encode(long, tokenizer, 50)
 
 
 def test_split_is_deterministic_disjoint_and_stable_when_rows_are_appended():

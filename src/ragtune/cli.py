@@ -309,9 +309,10 @@ def _record(ws, qa: Path, result: dict, started: str, limit: Optional[int]):
 
     from ragtune.experiment.runs import RUNS_DIR
     from ragtune.experiment.sweep import record_run, run_id
+    from ragtune.files import sha256_file
     from ragtune.experiment.tracking import tracker_for
 
-    settings = run_id(ws.config, hashlib.sha256(qa.read_bytes()).hexdigest(), result["arm"], limit or 0, bool(result.get("judge")))
+    settings = run_id(ws.config, sha256_file(qa), result["arm"], limit or 0, bool(result.get("judge")))
     rid = hashlib.sha1(f"{settings}@{started}".encode()).hexdigest()[:12]  # every eval is its own run
     run = record_run(ws, ws.state_dir / RUNS_DIR / rid, f"{qa.stem}:{result['arm']}", result, qa, started)
     tracker = tracker_for(ws)
@@ -497,26 +498,13 @@ def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, or d
         return
     if task != "sft":
         raise typer.BadParameter(f"--task {task!r}: choose qa or sft")
-    from ragtune.errors import DatasetError
-    from ragtune.train.data import chat_token_counter, check_lengths, load_examples, overlap, split
+    from ragtune.train.finetune import prepare
 
-    cfg = _workspace(workspace).config.train
-    examples = load_examples(path, prompt_field, completion_field)
-    train, held_out = split(examples, cfg.eval_fraction, cfg.seed)
-    problems = overlap(train, held_out) + check_lengths(examples, chat_token_counter(_base_tokenizer(workspace, cfg)), cfg.max_length)
-    if problems:
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise DatasetError(f"{path}: {len(problems)} problem(s){more}:\n  " + "\n  ".join(problems[:10]))
-    _console().print(f"{path}: {len(examples)} examples ({len(train)} train, {len(held_out)} eval at \\[train] eval_fraction "
-                     f"{cfg.eval_fraction}), all within max_length {cfg.max_length} — OK")
-
-
-def _base_tokenizer(workspace, cfg):
-    from transformers import AutoTokenizer
-
-    from ragtune.train.base import materialise_base
-
-    return AutoTokenizer.from_pretrained(str(materialise_base(cfg.base, _workspace(workspace).root)))
+    ws = _workspace(workspace)
+    cfg = ws.config.train
+    prepared = prepare(ws, path, cfg, prompt_field, completion_field)  # what `finetune sft` checks, all of it
+    _console().print(f"{path}: {len(prepared['train'])} train + {len(prepared['eval'])} eval examples (\\[train] eval_fraction "
+                     f"{cfg.eval_fraction}), all within max_length {cfg.max_length} for {cfg.base} — OK")
 
 
 @data_app.command("qa-to-sft")
@@ -535,25 +523,24 @@ def data_qa_to_sft(qa: Annotated[Path, typer.Argument(help="QA JSONL file.")],
     c.print(f"wrote {n} demonstrations to {out}")
 
 
-TrainOpt = typer.Option  # the [train] settings; None = ragtune.toml
 
 
 @finetune_app.command("sft")
 def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstrations: JSONL with messages, or prompt/completion (or --prompt-field/--completion-field).")],
                  name: Annotated[str, typer.Option("--name", help="Register the result under this name (then: ragtune ask --model NAME).")],
-                 base: Annotated[Optional[str], TrainOpt("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)] = None,
-                 method: Annotated[Optional[str], TrainOpt("--method", help="lora | full ([train] method).", show_default=False)] = None,
-                 epochs: Annotated[Optional[float], TrainOpt("--epochs", show_default=False)] = None,
-                 learning_rate: Annotated[Optional[float], TrainOpt("--lr", help="Peak learning rate.", show_default=False)] = None,
-                 schedule: Annotated[Optional[str], TrainOpt("--schedule", help="cosine | linear | constant.", show_default=False)] = None,
-                 batch_size: Annotated[Optional[int], TrainOpt("--batch-size", show_default=False)] = None,
-                 grad_accum: Annotated[Optional[int], TrainOpt("--grad-accum", show_default=False)] = None,
-                 max_length: Annotated[Optional[int], TrainOpt("--max-length", help="Most tokens per example.", show_default=False)] = None,
-                 lora_r: Annotated[Optional[int], TrainOpt("--lora-r", show_default=False)] = None,
-                 lora_alpha: Annotated[Optional[int], TrainOpt("--lora-alpha", show_default=False)] = None,
-                 eval_fraction: Annotated[Optional[float], TrainOpt("--eval-fraction", help="Share held out for eval loss.", show_default=False)] = None,
-                 early_stopping: Annotated[Optional[int], TrainOpt("--early-stopping", help="Epochs without eval improvement before stopping; 0 = off.", show_default=False)] = None,
-                 seed: Annotated[Optional[int], TrainOpt("--seed", show_default=False)] = None,
+                 base: Annotated[Optional[str], typer.Option("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)] = None,
+                 method: Annotated[Optional[str], typer.Option("--method", help="lora | full ([train] method).", show_default=False)] = None,
+                 epochs: Annotated[Optional[float], typer.Option("--epochs", show_default=False)] = None,
+                 learning_rate: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", show_default=False)] = None,
+                 schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine | linear | constant.", show_default=False)] = None,
+                 batch_size: Annotated[Optional[int], typer.Option("--batch-size", show_default=False)] = None,
+                 grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", show_default=False)] = None,
+                 max_length: Annotated[Optional[int], typer.Option("--max-length", help="Most tokens per example.", show_default=False)] = None,
+                 lora_r: Annotated[Optional[int], typer.Option("--lora-r", show_default=False)] = None,
+                 lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", show_default=False)] = None,
+                 eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Share held out for eval loss.", show_default=False)] = None,
+                 early_stopping: Annotated[Optional[int], typer.Option("--early-stopping", help="Epochs without eval improvement before stopping; 0 = off.", show_default=False)] = None,
+                 seed: Annotated[Optional[int], typer.Option("--seed", show_default=False)] = None,
                  prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", help="Field holding the prompt in other datasets (e.g. question).", show_default=False)] = None,
                  completion_field: Annotated[Optional[str], typer.Option("--completion-field", help="Field holding the desired output (e.g. answer).", show_default=False)] = None,
                  system: Annotated[Optional[str], typer.Option("--system", help="System prompt added to every example.", show_default=False)] = None,
@@ -572,7 +559,6 @@ def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstratio
                              batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lora_r=lora_r,
                              lora_alpha=lora_alpha, eval_fraction=eval_fraction, early_stopping=early_stopping, seed=seed).train
     rank = _init_distributed()
-    c = _console(stderr=True)
     with _RichProgress() as progress:
         bar = progress.task("steps", None) if rank == 0 else None
 
@@ -585,7 +571,6 @@ def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstratio
                           log=(lambda line: progress.bar.console.print(line)) if rank == 0 else (lambda line: None))
     if rank == 0:
         _print_card(folder.name, ws, _console())
-    c.print("")
 
 
 def _init_distributed() -> int:

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from ragtune.config import CONFIG_FILE, Config, render_toml
 from ragtune.errors import WorkspaceError
+from ragtune.files import write_json
 from ragtune.types import Hit, IndexStats, IngestReport
 
 STATE_DIR = ".ragtune"
@@ -151,6 +152,4 @@ class Workspace:
     def _save_roots(self, roots: list[str]) -> None:
         path = self.state_dir / "roots.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(roots, indent=2))
-        os.replace(tmp, path)
+        write_json(path, roots)

@@ -7,7 +7,6 @@ fused fp32 graph exported once and cached) and ``onnx-int8`` (the same, dynamica
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import typing
@@ -18,6 +17,7 @@ from typing import Callable
 
 from ragtune.config import EmbedBackend
 from ragtune.errors import EmbedderError
+from ragtune.files import sha256_file, write_json
 
 
 def _bundled_minilm() -> Path:
@@ -79,15 +79,9 @@ def file_sha256(weights: Path) -> str:
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        h = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        known[key] = h.hexdigest()
+        known[key] = sha256_file(weights)
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
+        write_json(memo, known)
     return known[key]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ragtune.errors import WorkspaceError
+from ragtune.files import write_json
 
 FORMAT_VERSION = 1
 RUNS_DIR = "runs"
@@ -54,13 +55,6 @@ class Run:
             path = self.path / "predictions.jsonl"
             self._predictions = [json.loads(line) for line in path.open(encoding="utf-8")] if path.exists() else []
         return self._predictions
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically (a temp file, then rename): a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_run(folder: Path, info: dict[str, Any], predictions: list[dict[str, Any]], metrics: dict[str, Any]) -> Run:

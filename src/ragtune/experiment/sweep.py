@@ -39,12 +39,12 @@ import json
 import time
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ragtune.config import Config
 from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.files import package_version, sha256_file, utc_now
 from ragtune.evaluate.qa_eval import ARMS
 from ragtune.experiment.runs import RUNS_DIR, Run, load_run, write_run
 from ragtune.experiment.tracking import flatten
@@ -137,7 +137,7 @@ def apply(config: Config, settings: dict[str, Any], origin: str) -> Config:
 
 def plan(ws, sweep: Sweep) -> list[PlannedRun]:
     base = apply(ws.config, sweep.base, f"{sweep.path} [base]")
-    qa_sha = hashlib.sha256(sweep.qa.read_bytes()).hexdigest() if sweep.qa.is_file() else ""
+    qa_sha = sha256_file(sweep.qa) if sweep.qa.is_file() else ""
     planned = []
     for variant in sweep.variants:
         params = {k: v for k, v in variant.items() if k != "name"}
@@ -235,7 +235,7 @@ def record_run(ws, folder: Path, name: str, result: dict[str, Any], qa: Path, st
     """Write the run folder of an ``evaluate_qa`` result obtained with ``ws``'s settings."""
     info = {"id": folder.name, "name": name, "sweep": sweep, "arm": result["arm"], "judge": result.get("judge"), "status": "finished",
             "params": params or {}, "config": dataclasses.asdict(ws.config),
-            "qa": {"path": str(qa), "sha256": hashlib.sha256(Path(qa).read_bytes()).hexdigest(), "questions": result["questions"]},
+            "qa": {"path": str(qa), "sha256": sha256_file(qa), "questions": result["questions"]},
             "environment": environment(ws, result["arm"]), "started": started, "finished": now()}
     return write_run(folder, info, result["predictions"], result["metrics"])
 
@@ -243,14 +243,9 @@ def record_run(ws, folder: Path, name: str, result: dict[str, Any], qa: Path, st
 def environment(ws, arm: str) -> dict[str, Any]:
     """Package versions, model identities and the index version a run used."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    packages = {}
-    for name in ("ragtune", "lancedb", "onnxruntime", "sentence-transformers", "llama-cpp-python", "transformers", "peft", "mlflow-skinny"):
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    names = ("ragtune", "lancedb", "onnxruntime", "sentence-transformers", "llama-cpp-python", "transformers", "peft", "mlflow-skinny")
+    packages = {name: v for name in names if (v := package_version(name))}
     env: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
     if arm != "closed-book":
         meta = ws.store.require_meta()
@@ -276,4 +271,4 @@ def generator_sha256(ws) -> str | None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return utc_now("milliseconds")  # runs started in the same second still sort in order

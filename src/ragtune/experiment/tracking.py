@@ -61,7 +61,7 @@ class Tracker:
     def log(self, run: Run, experiment: str, replace: bool = False) -> str:
         """Log ``run`` once (a run already logged is left alone, or with ``replace`` deleted and
         logged anew); returns the MLflow run id."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import RunTag
 
         exp = self.experiment_id(experiment)
         found = self.client.search_runs([exp], f"tags.`ragtune.run_id` = '{run.id}'")
@@ -71,17 +71,42 @@ class Tracker:
             self.client.delete_run(old.info.run_id)
         tags = {"ragtune.run_id": run.id, "ragtune.arm": run.info.get("arm", ""), "ragtune.sweep": run.info.get("sweep") or "",
                 "ragtune.index_version": str(run.info.get("environment", {}).get("index_version"))}
-        created = self.client.create_run(exp, run_name=run.name, tags=tags)
-        rid = created.info.run_id
+        rid = self.client.create_run(exp, run_name=run.name, tags=tags).info.run_id
         params = {**flatten(run.info.get("config", {})), "arm": run.info.get("arm"), "qa": run.info.get("qa", {}).get("path"),
                   "questions": run.info.get("qa", {}).get("questions")}
-        metrics = [Metric(metric_name(k), float(v), 0, 0) for k, v in (run.metrics or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self.client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                              tags=[RunTag(f"env.{k}", str(v)[:5000]) for k, v in flatten(run.info.get("environment", {})).items()])
+        self._log_batch(rid, _metrics(run.metrics or {}), params,
+                        [RunTag(f"env.{k}", str(v)[:5000]) for k, v in flatten(run.info.get("environment", {})).items()])
         self.client.log_artifacts(rid, str(run.path))
         self.client.set_terminated(rid)
         return rid
+
+
+    def log_training(self, experiment: str, name: str, params: dict[str, Any], metrics: dict[str, Any],
+                     losses: list[tuple[int, float]], artifact: Path) -> str:
+        """A training run: its settings, final metrics, the loss at every step, and one file (the card)."""
+        from mlflow.entities import Metric
+
+        rid = self.client.create_run(self.experiment_id(experiment), run_name=name, tags={"ragtune.model": name}).info.run_id
+        values = _metrics(metrics) + [Metric("loss", float(loss), 0, int(step)) for step, loss in losses]
+        self._log_batch(rid, values, params)
+        self.client.log_artifact(rid, str(artifact))
+        self.client.set_terminated(rid)
+        return rid
+
+    def _log_batch(self, rid: str, metrics: list, params: dict[str, Any], tags: list | None = None) -> None:
+        from mlflow.entities import Param
+
+        for i in range(0, max(len(metrics), 1), 900):  # MLflow takes at most 1000 metrics per call
+            self.client.log_batch(rid, metrics=metrics[i:i + 900], tags=(tags or []) if i == 0 else [],
+                                  params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [])
+
+
+def _metrics(values: dict[str, Any]) -> list:
+    """The numeric values as MLflow metrics (flags and text are left to params and artefacts)."""
+    from mlflow.entities import Metric
+
+    return [Metric(metric_name(k), float(v), 0, 0) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def tracker_for(ws) -> Tracker | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import IndexMismatchError, WorkspaceError
+from ragtune.files import write_json
 from ragtune.types import Chunk
 
 FORMAT_VERSION = 1
@@ -83,9 +83,7 @@ class LanceStore:
         self.db().create_table(TABLE, schema=schema(dim), exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "embed_model": model, "model_id": model_id, "dim": dim,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, self.meta_path)  # written last: an index without meta.json is not an index
+        write_json(self.meta_path, meta)  # written last: an index without meta.json is not an index
 
     def check(self, model_id: str) -> None:
         meta = self.require_meta()

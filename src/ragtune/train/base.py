@@ -24,12 +24,13 @@ import os
 import secrets
 import shutil
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from ragtune.embed import file_sha256
 from ragtune.errors import ModelError
+from ragtune.files import package_version, write_json
+from ragtune.files import utc_now as now
 from ragtune.workspace import STATE_DIR
 
 BASE_DIR = "base"  # under the workspace's .ragtune/
@@ -242,10 +243,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def quiet() -> None:
     """No transformers progress bars or info logs, and no PEFT deprecation noise, in our output."""
     import warnings
@@ -257,14 +254,4 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def package_version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return ""
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

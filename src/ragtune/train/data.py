@@ -173,30 +173,6 @@ def _key(messages: Messages) -> str:
 
 
 # -- checks -----------------------------------------------------------------------------------
-def check_lengths(examples: Iterable[Example], count_tokens: Callable[[Messages], int], max_length: int) -> list[str]:
-    """One line per example longer than ``max_length`` tokens, saying how many it has.
-
-    ``count_tokens`` maps messages to a token count with the model's tokenizer and chat template
-    (``chat_token_counter(tokenizer)`` builds one). Such examples would be truncated in training.
-    """
-    problems = []
-    for ex in examples:
-        n = count_tokens(ex.messages)
-        if n > max_length:
-            problems.append(f"example {ex.id!r}: {n} tokens, over max_length {max_length} "
-                            "(it would be truncated: shorten or drop it, or raise max_length)")
-    return problems
-
-
-def chat_token_counter(tokenizer) -> Callable[[Messages], int]:
-    """Tokens of the messages as the model sees them: the tokenizer's chat template applied, then tokenized."""
-    def count(messages: Messages) -> int:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    return count
-
-
 def overlap(train: Iterable[Example], eval_set: Iterable[Example]) -> list[str]:
     """Eval examples whose prompt (every turn but the last assistant one) is also a train prompt.
 

@@ -11,7 +11,6 @@ over it (``restart=True`` discards it).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, DatasetError, ModelError
+from ragtune.files import sha256_file, write_json
 
 WORK_DIR = "train"
 
@@ -52,7 +52,7 @@ def prepare(ws, data: Path, cfg, prompt_field: str | None = None, completion_fie
     if problems:
         raise DatasetError(f"{data}: {len(problems)} example(s) cannot be trained on:\n  " + "\n  ".join(problems[:10]))
     return {"base": base, "tokenizer": tokenizer, "train": encoded["train"], "eval": encoded["eval"],
-            "examples": {"train": train, "eval": held_out}, "data_sha256": _sha256(data)}
+            "examples": {"train": train, "eval": held_out}, "data_sha256": sha256_file(data)}
 
 
 def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
@@ -86,7 +86,7 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
         run["eval_loss_before"] = evaluate_loss(model, prepared["eval"], cfg.batch_size, pad) if start is None else None
         run["probe_ppl_before"] = perplexity(model, tok, probe_texts()) if start is None else None
         if _rank() == 0:
-            _write(work / "run.json", run)
+            write_json(work / "run.json", run)
     log(f"training {name}: {len(prepared['train'])} examples ({len(prepared['eval'])} held out), {cfg.method}, "
         f"base {prepared['base']}")
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def _rank() -> int:
 
 def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) -> dict[str, Any]:
     """The work folder's run.json: new, or the interrupted one when resuming (same data and settings)."""
-    wanted = {"name": name, "data": str(Path(data).resolve()), "data_sha256": _sha256(data), "config": dataclasses.asdict(cfg)}
+    wanted = {"name": name, "data": str(Path(data).resolve()), "data_sha256": sha256_file(data), "config": dataclasses.asdict(cfg)}
     path = work / "run.json"
     if _rank() != 0:  # other processes of a torchrun job follow rank 0's decisions
         return json.loads(path.read_text()) if resume and path.exists() else wanted
@@ -134,7 +134,7 @@ def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) 
     if resume:
         raise ConfigError(f"nothing to resume: no interrupted run of {name!r} in {work}")
     work.mkdir(parents=True, exist_ok=True)
-    _write(path, wanted)
+    write_json(path, wanted)
     return wanted
 
 
@@ -152,34 +152,12 @@ def _register(ws, name: str, model, tokenizer, cfg, prepared: dict, metrics: dic
 
 def _track(ws, name: str, cfg, metrics: dict, stats: dict, folder: Path) -> None:
     """MLflow (experiment "finetune"): the config as params, loss per step, the card as artefact."""
-    from ragtune.experiment.tracking import flatten, metric_name, tracker_for
+    from ragtune.experiment.tracking import flatten, tracker_for
 
     tracker = tracker_for(ws)
-    if tracker is None:
-        return
-    from mlflow.entities import Metric, Param
-
-    client = tracker.client
-    rid = client.create_run(tracker.experiment_id("finetune"), run_name=name, tags={"ragtune.model": name}).info.run_id
-    params = [Param(f"train.{k}", str(v)[:6000]) for k, v in flatten(dataclasses.asdict(cfg)).items()]
-    now = int(time.time() * 1000)
-    values = [Metric(metric_name(k), float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float))]
-    values += [Metric("loss", float(h["loss"]), now, int(h["step"])) for h in stats["history"]]
-    for i in range(0, len(values), 900):  # MLflow takes at most 1000 metrics per batch
-        client.log_batch(rid, metrics=values[i:i + 900], params=params if i == 0 else [])
-    client.log_artifact(rid, str(folder / "card.json"))
-    client.set_terminated(rid)
+    if tracker is not None:
+        params = {f"train.{k}": v for k, v in flatten(dataclasses.asdict(cfg)).items()}
+        losses = [(h["step"], h["loss"]) for h in stats["history"]]
+        tracker.log_training("finetune", name, params, metrics, losses, folder / "card.json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from ragtune.errors import ModelError
-from ragtune.train.base import base_identity, move_into_place, new_staging, now, package_version, staged, write_json
+from ragtune.files import package_version, write_json
+from ragtune.files import utc_now as now
+from ragtune.train.base import base_identity, move_into_place, new_staging, staged
 from ragtune.workspace import STATE_DIR
 
 MODELS_DIR = "models"  # under the workspace's .ragtune/
