@@ -8,7 +8,7 @@ prefill of the identical prompt, and the peak memory of a ``ragtune ask`` proces
 """
 from __future__ import annotations
 
-import argparse, datetime, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, os, re, shutil, subprocess, sys, tempfile, time
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ragtune.evaluate.beir import load_beir
 from ragtune.evaluate.retrieval import scratch_workspace
 from ragtune.generate import _bundled_smollm2, get_generator
 from retrieval import console, machine, reduced_beir
+from common import save_results, utc_stamp
 
 PACKAGES = ["ragtune", "llama-cpp-python", "lancedb", "onnxruntime", "numpy"]
 SYSTEM = "You are a concise assistant."
@@ -247,7 +248,7 @@ def main() -> None:
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-genbench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     try:
         beir = reduced_beir(args.beir, "test", args.limit_docs, work / "data") if args.limit_docs else args.beir.resolve()
         data = load_beir(beir, "test")
@@ -270,11 +271,9 @@ def main() -> None:
         console.print("[bold]peak memory[/]: ragtune ask subprocess")
         res["memory"] = peak_memory(str(ws.root), queries[0])
         res["wall_s"], res["machine"]["loadavg_at_end"] = time.perf_counter() - started, os.getloadavg()
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name in (f"generation-{tag}-{stamp}.json", f"generation-{tag}-latest.json"):
-            (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+        saved = save_results(args.out, f"generation-{tag}", res, stamp)
         report_tables(res)
-        console.print(f"wrote {args.out / f'generation-{tag}-{stamp}.json'} (and -latest) in {res['wall_s']:.0f}s")
+        console.print(f"wrote {saved} (and -latest) in {res['wall_s']:.0f}s")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -283,7 +282,7 @@ def main() -> None:
 
 
 def transformers_main(args) -> None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     started = time.perf_counter()
     chats = handbook_prompts(get_generator(GenerateConfig(max_tokens=args.max_tokens, threads=args.threads)))
     res = {"model": _bundled_smollm2().name, "repeats": args.repeats, "max_tokens": args.max_tokens, "threads": args.threads,
@@ -292,9 +291,7 @@ def transformers_main(args) -> None:
     console.print(f"[bold]transformers generator overhead[/]: ours vs plain model.generate, {args.repeats} repeats")
     res["transformers"] = t = transformers_overhead(chats, args.repeats, args.max_tokens, args.threads)
     res["wall_s"], res["machine"]["loadavg_at_end"] = time.perf_counter() - started, os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in (f"generation-transformers-{stamp}.json", "generation-transformers-latest.json"):
-        (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+    save_results(args.out, "generation-transformers", res, stamp)
     console.print(overhead_table(f"transformers (fp32) on the same GGUF: {t['prompts']} prompts x {args.repeats}, "
                                  f"same text {100 * t['same_text']:.0f}%", t, "overhead"))
 

@@ -11,7 +11,6 @@ benchmarks/results/qa-squad-<stamp>.json and qa-squad-latest.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ragtune
+from common import save_results, utc_stamp
 from ragtune.evaluate.qa import from_squad, squad_contexts
 from ragtune.evaluate.qa_eval import evaluate_qa
 
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep the workspace here (reused)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    started, stamp = time.perf_counter(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    started, stamp = time.perf_counter(), utc_stamp()
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-qa-"))).resolve()
     items = sorted(from_squad(args.squad), key=lambda i: hashlib.sha256(i.id.encode()).hexdigest())[:args.n]
     ws = workspace(args.squad, work, args.k, args.max_tokens)
@@ -86,10 +86,7 @@ def main() -> None:
         (work / f"predictions-{arm}.json").write_text(json.dumps(result["predictions"], indent=1))
     res["f1_ratio_rag_vs_closed"] = res["rag"]["f1"] / res["closed-book"]["f1"] if res["closed-book"]["f1"] else None
     res["wall_s"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    prefix = "qa-squad-judge" if args.judge else "qa-squad"
-    for name in (f"{prefix}-{stamp}.json", f"{prefix}-latest.json"):
-        (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+    save_results(args.out, "qa-squad-judge" if args.judge else "qa-squad", res, stamp)
     t = Table(title=f"SQuAD shared half: {len(items)} questions, {res['generator']}, k={args.k} {args.mode}")
     for c in ("arm", "EM", "F1", "contains", "abstain", f"R@{args.k}", "p50 s"):
         t.add_column(c)

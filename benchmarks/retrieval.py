@@ -8,7 +8,7 @@ backend and query latency, next to plain bm25s, plain sentence-transformers + nu
 """
 from __future__ import annotations
 
-import argparse, datetime, gzip, json, os, platform, shutil, subprocess, sys, tempfile, time
+import argparse, gzip, json, os, platform, shutil, subprocess, sys, tempfile, time
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ragtune
+from common import save_results, utc_stamp
 from ragtune.embed import _bundled_minilm
 from ragtune.evaluate.beir import load_beir
 from ragtune.evaluate.metrics import evaluate_run
@@ -221,7 +222,7 @@ def main() -> None:
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     cores = os.cpu_count() or 1
     peak = {"cores": cores, "ghz": args.ghz, "mflop_per_token": args.mflop_per_token,
             "avx2_gflops": cores * args.ghz * 32, "avx512_gflops": cores * args.ghz * 64}
@@ -250,12 +251,10 @@ def main() -> None:
         res["ndcg_delta_vs_torch"] = {b: {m: r["modes"][m]["ndcg@10"] - torch_modes[m]["ndcg@10"] for m in ("dense", "hybrid")}
                                       for b, r in res["ragtune"].items() if torch_modes and b != "torch"}
         res["wall_s"], res["machine"]["loadavg_at_end"] = time.perf_counter() - started, os.getloadavg()
-        args.out.mkdir(parents=True, exist_ok=True)
         tag = data.name + (f"-first{args.limit_docs}" if args.limit_docs else "")  # a smoke run never overwrites the real latest
-        for name in (f"retrieval-{tag}-{stamp}.json", f"retrieval-{tag}-latest.json"):
-            (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+        saved = save_results(args.out, f"retrieval-{tag}", res, stamp)
         report_tables(res)
-        console.print(f"wrote {args.out / f'retrieval-{tag}-{stamp}.json'} (and -latest) in {res['wall_s']:.0f}s")
+        console.print(f"wrote {saved} (and -latest) in {res['wall_s']:.0f}s")
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -13,7 +13,6 @@ same for every arm. Writes benchmarks/results/sft-gsm8k-<stamp>.json and sft-gsm
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -24,6 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import save_results, utc_stamp  # noqa: E402
 
 
 def examples(args, tokenizer):
@@ -48,7 +49,7 @@ def arm_ours(args, base, tokenizer, method: str) -> dict:
     from ragtune.train.sft import build_model, train_loop
 
     data = [e for _, e in examples(args, tokenizer)]
-    cfg = Config().override("train", method=method, batch_size=args.batch, low_memory=args.low_memory, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+    cfg = Config().override("train", method=method, batch_size=args.batch, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                             learning_rate=2e-4 if method == "lora" else 2e-5, epochs=1.0, warmup_ratio=0.0).train
     model = build_model(base, cfg, 0)
     marks = []
@@ -117,7 +118,6 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--low-memory", action="store_true", help="ours: [train] low_memory (glibc returns freed memory at once)")
     ap.add_argument("--arms", default="ours-lora,trl-lora,ours-full")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ragtune-sft-bench"))
@@ -126,7 +126,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.arm:
         return child(args)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     res = {"data": str(args.data), "steps": args.steps, "batch": args.batch, "max_length": args.max_length, "lora_r": args.lora_r,
            "started_utc": stamp, "loadavg_at_start": os.getloadavg(), "command": " ".join([sys.executable, *sys.argv]), "arms": {}}
     for arm in args.arms.split(","):
@@ -144,9 +144,7 @@ def main() -> None:
         res["speedup_vs_trl"] = ours["tokens_per_s"] / trl["tokens_per_s"]
         res["memory_vs_trl"] = ours["peak_rss_mb"] / trl["peak_rss_mb"]
         print(f"ours vs TRL: {res['speedup_vs_trl']:.2f}x tokens/s (target >= 1.5x), {res['memory_vs_trl']:.2f}x peak RSS (target <= 0.5x)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in (f"sft-gsm8k-{stamp}.json", "sft-gsm8k-latest.json"):
-        (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
+    save_results(args.out, "sft-gsm8k", res, stamp)
 
 
 if __name__ == "__main__":

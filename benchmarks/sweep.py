@@ -16,9 +16,7 @@ Writes benchmarks/results/sweep-squad-<stamp>.json and sweep-squad-latest.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -31,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import ragtune
+from common import save_results, utc_stamp
 from ragtune.evaluate.qa import from_squad, squad_contexts, write_qa
 from ragtune.experiment.sweep import load_sweep, run_sweep
 
@@ -65,7 +64,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep the workspace here (reused)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-sweep-"))).resolve()
     ws = workspace(args.squad, work)
     items = sorted(from_squad(args.squad), key=lambda i: hashlib.sha256(i.id.encode()).hexdigest())[:args.questions]
@@ -99,10 +98,7 @@ def main() -> None:
            "retrieval_sweep": {"one_config_s": times["one"], "eight_configs_s": times["eight"],
                                "median_one_s": t1, "median_eight_s": t8, "ratio": t8 / t1, "target": 1.5},
            "chunk_sweep": passes}
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in (f"sweep-squad-{stamp}.json", "sweep-squad-latest.json"):
-        (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {args.out / 'sweep-squad-latest.json'}")
+    print(f"wrote {save_results(args.out, 'sweep-squad', res, stamp)} (and -latest)")
 
 
 if __name__ == "__main__":

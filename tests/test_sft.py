@@ -10,6 +10,7 @@ import pytest
 
 from ragtune import Workspace
 from ragtune.errors import ConfigError, DatasetError
+from ragtune.train.probe import final_answer
 from ragtune.types import Example
 from tests.conftest import gsm8k_like
 
@@ -89,19 +90,53 @@ def test_lora_loss_falls_and_the_model_is_registered(tmp_path, tiny_llama_folder
     assert last < first and card.metrics["steps"] == len(steps) == steps[-1]["total_steps"]
     assert card.config["lora_r"] == 16 and len(card.data_sha256) == 64
     assert card.metrics["probe_ppl_before"] > 1 and card.metrics["probe_ppl_after"] > 1
-    assert card.metrics["forgetting_flagged"] == (card.metrics["probe_ppl_change"] > 0.1)
+    assert card.metrics["forgetting_flagged"] == (card.metrics["probe_ppl_change"] > 0.1
+                                                  or card.metrics["general_score_change"] < -0.1)
+    checks = json.loads((folder / "checks.json").read_text())  # every checked answer, base and tuned
+    assert len(checks["general_prompts"]) == 24 and all(isinstance(g["tuned"], str) for g in checks["general_prompts"])
+    held = checks["held_out"]
+    assert held and all(h["expected"].isdigit() and h["prompt"] in gsm.read_text() for h in held)
+    scored = sum(final_answer(h["tuned"]) == h["expected"] for h in held) / len(held)
+    assert card.metrics["final_answer_em_after"] == scored and 0 <= card.metrics["final_answer_format_after"] <= 1
     assert (folder / "adapter" / "adapter_model.safetensors").exists() and (folder / "tokenizer").is_dir()
     assert not (ws.state_dir / "train" / "tiny-gsm").exists()  # the work folder goes once registered
 
 
 def test_forgetting_is_flagged_past_the_threshold():
-    from ragtune.train.probe import forgetting, probe_texts
+    from ragtune.train.probe import forgetting, probe_prompts, probe_texts
 
-    assert len(probe_texts()) == 10  # shipped with the package
-    same = forgetting({"probe_ppl": 20.0}, {"probe_ppl": 21.0}, 0.1)
+    assert len(probe_texts()) == 10 and len(probe_prompts()) == 24  # shipped with the package
+    same = forgetting({"probe_ppl": 20.0, "general_score": 0.6}, {"probe_ppl": 21.0, "general_score": 0.55}, 0.1)
     worse = forgetting({"probe_ppl": 20.0}, {"probe_ppl": 23.0}, 0.1)
+    forgot = forgetting({"probe_ppl": 20.0, "general_score": 0.6}, {"probe_ppl": 20.0, "general_score": 0.45}, 0.1)
     assert same["probe_ppl_change"] == pytest.approx(0.05) and not same["forgetting_flagged"]
     assert worse["probe_ppl_change"] == pytest.approx(0.15) and worse["forgetting_flagged"]
+    assert forgot["general_score_change"] == pytest.approx(-0.15) and forgot["forgetting_flagged"]
+    learned = forgetting({"final_answer_format": 0.1, "final_answer_em": 0.0}, {"final_answer_format": 0.9, "final_answer_em": 0.1}, 0.1)
+    assert learned["final_answer_format_change"] == pytest.approx(0.8) and not learned["forgetting_flagged"]
+
+
+@pytest.mark.parametrize("text, expected", [("so 3 + 4 = 7.\n#### 7", "7"), ("#### 1,250", "1250"), ("#### $18.00", "18"),
+                                            ("####  -3.5\n", "-3.5"), ("The answer is 7.", None), ("#### 7 apples", None),
+                                            ("#### 7\nand then more text", None)])
+def test_final_answer_is_the_number_closing_the_answer(text, expected):
+    assert final_answer(text) == expected
+
+
+def test_batched_generation_matches_one_at_a_time(smollm2_base):
+    """Left-padded batches give each prompt the answer it gets alone (greedy, the real SmolLM2)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragtune.generate.transformers import generate_batch
+
+    _, folder, _ = smollm2_base
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).train()
+    prompts = [[{"role": "user", "content": q}] for q in ("Hi", "What is the capital of France, and why?", "Count to three.")]
+    together = generate_batch(model, tok, prompts, 12, batch_size=3)
+    alone = [generate_batch(model, tok, [p], 12)[0] for p in prompts]
+    assert together == alone and len(set(together)) == 3 and model.training  # mode restored
 
 
 def test_adapter_round_trips(tmp_path, tiny_llama_folder, gsm):
@@ -117,7 +152,10 @@ def test_adapter_round_trips(tmp_path, tiny_llama_folder, gsm):
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_folder))
     encoded = [encode(e, tok, 384) for e in load_examples(gsm, "question", "answer")[:8]]
     model = build_model(tiny_llama_folder, cfg, 0)
-    train_loop(model, encoded, cfg, tok.pad_token_id)
+    layers = model.get_base_model().get_decoder().layers
+    hooked = []  # the memory-trimming hooks live only while training
+    train_loop(model, encoded, cfg, tok.pad_token_id, on_step=lambda _: hooked.append(len(layers[0]._forward_hooks)))
+    assert hooked and all(n == 1 for n in hooked) and not layers[0]._forward_hooks and not layers[0]._backward_hooks
     model.save_pretrained(str(tmp_path / "adapter"))
     again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_folder)), str(tmp_path / "adapter"))
     ids = torch.tensor([encoded[0].input_ids])
@@ -182,23 +220,29 @@ def test_bad_data_is_refused_before_training(tmp_path, tiny_llama_folder):
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, tiny_llama_folder, gsm):
-    """torchrun with 2 CPU processes (gloo), each half of every batch, ends where one process does."""
+    """2 CPU processes (gloo) started by torchrun, and by accelerate launch, each taking half of
+    every batch, end where one process does."""
     ws = untracked(tmp_path / "ws")
-    args = ["finetune", "sft", "--data", str(gsm), "--prompt-field", "question", "--completion-field", "answer",
+    args = ["-m", "ragtune.cli", "finetune", "sft", "--data", str(gsm), "--prompt-field", "question", "--completion-field", "answer",
             "--base", str(tiny_llama_folder), "--epochs", "1", "--lr", "5e-3", "--batch-size", "4", "--eval-fraction", "0.2",
             "-w", str(ws.root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "ragtune.cli", *args, "--name", "one"], capture_output=True, text=True, env=env, timeout=600)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "ragtune.cli", *args, "--name", "two"], capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    cards = {n: json.loads((ws.state_dir / "models" / n / "card.json").read_text()) for n in ("one", "two")}
-    assert cards["one"]["metrics"]["steps"] == cards["two"]["metrics"]["steps"]
-    assert cards["one"]["metrics"]["examples_seen"] == cards["two"]["metrics"]["examples_seen"]
-    assert abs(cards["one"]["metrics"]["eval_loss_after"] - cards["two"]["metrics"]["eval_loss_after"]) < 1e-3
-    a, b = adapter_tensors(ws.state_dir / "models" / "one"), adapter_tensors(ws.state_dir / "models" / "two")
-    assert max((a[k] - b[k]).abs().max() for k in a) < 1e-3
+    launchers = {"one": [], "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                 "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                "--mixed_precision", "no", "--dynamo_backend", "no"]}  # --multi_gpu: torchrun's launcher, gloo on CPU
+    for name, launcher in launchers.items():
+        done = subprocess.run([sys.executable, *launcher, *args, "--name", name], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    cards = {n: json.loads((ws.state_dir / "models" / n / "card.json").read_text()) for n in launchers}
+    one = adapter_tensors(ws.state_dir / "models" / "one")
+    assert cards["one"]["metrics"]["processes"] == 1
+    for name in ("torchrun", "accelerate"):
+        assert cards[name]["metrics"]["processes"] == 2
+        assert cards[name]["metrics"]["steps"] == cards["one"]["metrics"]["steps"]
+        assert cards[name]["metrics"]["examples_seen"] == cards["one"]["metrics"]["examples_seen"]
+        assert abs(cards[name]["metrics"]["eval_loss_after"] - cards["one"]["metrics"]["eval_loss_after"]) < 1e-3
+        other = adapter_tensors(ws.state_dir / "models" / name)
+        assert max((one[k] - other[k]).abs().max() for k in one) < 1e-3
 
 
 @pytest.mark.slow
@@ -216,6 +260,11 @@ def test_two_real_steps_on_smollm2_then_ask_with_the_result(tmp_path, smollm2_ba
     card = json.loads((ws.state_dir / "models" / "real" / "card.json").read_text())
     assert 1 < card["metrics"]["probe_ppl_before"] < 100  # SmolLM2 reads everyday English well; a random model would be ~49k
     assert abs(card["metrics"]["probe_ppl_change"]) < 0.1  # two small LoRA steps barely move it
+    assert card["metrics"]["general_score_before"] >= 0.4  # the base answers many everyday questions (15 of 24 here)
+    m = card["metrics"]  # greedy answers of a 135M model are brittle: two steps can flip a few of them
+    assert m["forgetting_flagged"] == (m["probe_ppl_change"] > 0.1 or m["general_score_change"] < -0.1)
+    checks = json.loads((ws.state_dir / "models" / "real" / "checks.json").read_text())
+    assert sum("Paris" in g["base"] for g in checks["general_prompts"]) == 1 and checks["held_out"] == []  # nothing held out
     ws.ingest([handbook_copy])
     ws.config = ws.config.override("generate", model="real", max_tokens=24)
     answer = ws.ask("Who founded the observatory?")

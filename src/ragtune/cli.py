@@ -616,14 +616,30 @@ def models_show(name: Annotated[str, typer.Argument(help="A registered model.")]
 def _print_card(name: str, ws, c) -> None:
     from ragtune.train.registry import load_card
 
+    from rich.table import Table
+
     card = load_card(ws.root, name)
     c.print(f"[bold]{card.name}[/] ({card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
             f"data sha256 {card.data_sha256[:16]} · {card.train_time_s:.0f}s")
-    _print_metrics({k: v for k, v in card.metrics.items() if not isinstance(v, (list, dict))}, c)
-    if card.metrics.get("forgetting_flagged"):
-        c.print(f"[yellow]forgetting:[/] general-text perplexity rose {card.metrics['probe_ppl_change']:+.1%} "
-                f"(over \\[train] forgetting_threshold {card.config.get('forgetting_threshold')}); "
+    m = card.metrics
+    table = Table("check", "base", "tuned", "change", title="base vs tuned (checks.json has every answer)", title_justify="left")
+    for key, label, unit in _CHECKS:
+        if m.get(f"{key}_after") is not None:
+            change = m.get(f"{key}_change")
+            table.add_row(label, _fmt(m.get(f"{key}_before")), _fmt(m.get(f"{key}_after")),
+                          "" if change is None else f"{change:+.1%}" if unit == "relative" else f"{100 * change:+.1f} points")
+    c.print(table)
+    shown = {f"{key}_{part}" for key, _, _ in _CHECKS for part in ("before", "after", "change")}
+    _print_metrics({k: v for k, v in m.items() if k not in shown and not isinstance(v, (list, dict))}, c)
+    if m.get("forgetting_flagged"):
+        c.print(f"[yellow]forgetting:[/] general-text perplexity {m.get('probe_ppl_change', 0):+.1%}, general prompts "
+                f"{100 * (m.get('general_score_change') or 0):+.1f} points (past \\[train] forgetting_threshold {card.config.get('forgetting_threshold')}); "
                 "try fewer epochs, a lower learning rate or LoRA", soft_wrap=True)
+
+
+_CHECKS = [("eval_loss", "held-out loss", None), ("probe_ppl", "general-text perplexity", "relative"),
+           ("general_score", "general prompts right", "points"), ("final_answer_format", "held-out answers ending '#### N'", "points"),
+           ("final_answer_em", "held-out final answers right", "points")]
 
 
 @models_app.command("rm")

@@ -126,8 +126,10 @@ class TrainConfig:
     eval_fraction: float = _f(0.05, "Share of the examples held out for eval loss (and the forgetting check); 0 = none.")
     early_stopping: int = _f(0, "Stop when eval loss has not improved for this many epochs; 0 = off.")
     activation_checkpointing: bool = _f(True, "Keep only each layer's input during the forward pass and recompute the rest in the backward pass: a fraction of the memory for ~30% more compute.")
-    low_memory: bool = _f(False, "Return freed memory to the system at once (glibc): about half the peak memory, about a third slower.")
-    forgetting_threshold: float = _f(0.1, "Flag the model when the general-text probe's perplexity rises by more than this share (0.1 = 10%).")
+    forgetting_threshold: float = _f(0.1, "Flag the model when the general-text probe's perplexity rises by more than this share (0.1 = 10%), or its score on the shipped general prompts falls by more than this (0.1 = 10 points).")
+    check_prompts: bool = _f(True, "Answer the shipped general prompts with the base and the tuned model (forgetting check).")
+    check_answers: int = _f(100, "Held-out examples whose final answer (GSM8K-style '#### 42') is generated and checked, base vs tuned; 0 = skip.")
+    check_max_tokens: int = _f(320, "Most new tokens per generated held-out answer in that check.")
     checkpoint_steps: int = _f(50, "Save a resumable checkpoint every N optimiser steps (and at the end of each epoch).")
     seed: int = _f(0, "Seed for data order, eval split and initialisation.")
     threads: int = _f(0, "CPU threads for torch; 0 = all cores.")
@@ -213,8 +215,8 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-_POSITIVE = {"epochs", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
-_NON_NEGATIVE = {"forgetting_threshold", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
+_POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
+_NON_NEGATIVE = {"forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

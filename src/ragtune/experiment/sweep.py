@@ -260,11 +260,15 @@ def generator_sha256(ws) -> str | None:
     from ragtune.embed import file_sha256, weights_hash
     from ragtune.generate import MODELS, model_path
 
+    from ragtune.train.registry import registered, weights_sha256
+
     cfg = ws.config.generate
     if cfg.backend == "openai" and cfg.model not in MODELS:
         return None  # a remote model: its name is all we know
     path = model_path(cfg.model, ws.root)
     try:
+        if registered(ws.root, cfg.model):
+            return weights_sha256(ws.root, cfg.model)
         return file_sha256(path) if path.is_file() else weights_hash(path)
     except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
         return None

@@ -1,21 +1,36 @@
-"""The forgetting probe: does fine-tuning hurt what the model knew before?
+"""Before/after checks of a fine-tuned model: did it learn the task, did it forget the rest?
 
-A general-text sample shipped with ragtune (``probe/general.txt``: short everyday and
-encyclopedic paragraphs, written for this purpose) is scored before and after training as
-perplexity (exp of the mean next-token loss over the whole text, no chat template). Its rise is
-reported with the held-out loss change, and flagged past ``[train] forgetting_threshold``.
+- **General text** (``probe/general.txt``: short everyday and encyclopedic paragraphs written for
+  this purpose): perplexity, exp of the mean next-token loss over the whole text, no template.
+- **General prompts** (``probe/prompts.jsonl``: everyday questions with the words a right answer
+  contains): the share of greedy answers that contain one of them (whole words, any case).
+- **Final answers** of held-out demonstrations whose answer ends GSM8K-style in ``#### 42``: the
+  share of generated answers that end in that format, and the share whose number is right
+  (greedy, no 10-token run repeated verbatim: a small model otherwise often loops to the limit).
+
+Perplexity rising by more than ``[train] forgetting_threshold`` (relative) or the general-prompt
+score falling by more than it (absolute) flags the model.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 PROBE = Path(__file__).parent / "probe" / "general.txt"
+PROMPTS = Path(__file__).parent / "probe" / "prompts.jsonl"
+FINAL_ANSWER = re.compile(r"####\s*\$?(-?[\d,]*\.?\d+)\s*$")
+NO_REPEAT_NGRAM = 10  # greedy answers may not repeat a 10-token run verbatim: small models otherwise loop to the limit
 
 
 def probe_texts() -> list[str]:
     return [p.strip() for p in PROBE.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+
+
+def probe_prompts() -> list[dict]:
+    return [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def perplexity(model, tokenizer, texts: list[str]) -> float:
@@ -35,9 +50,66 @@ def perplexity(model, tokenizer, texts: list[str]) -> float:
     return math.exp(total / max(count, 1))
 
 
+def final_answer(text: str) -> str | None:
+    """The number after a closing ``#### `` (commas and a ``$`` dropped, ``7.0`` read as ``7``), or None."""
+    found = FINAL_ANSWER.search(text.strip())
+    if not found:
+        return None
+    number = found.group(1).replace(",", "")
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def answer_items(examples, limit: int) -> list[tuple[list[dict], str]]:
+    """(prompt turns, expected final answer) of up to ``limit`` examples whose last answer has one."""
+    items = []
+    for ex in examples:
+        gold = final_answer(ex.messages[-1]["content"])
+        if gold is not None:
+            items.append((ex.messages[:-1], gold))
+    return items[:limit]
+
+
+def check_answers(model, tokenizer, items: list[tuple[list[dict], str]], max_tokens: int,
+                  no_repeat_ngram: int = NO_REPEAT_NGRAM) -> dict:
+    """Generate for each held-out prompt; the share ending in ``#### N`` and the share with the right N."""
+    from ragtune.generate.transformers import generate_batch
+
+    answers = generate_batch(model, tokenizer, [prompt for prompt, _ in items], max_tokens, no_repeat_ngram=no_repeat_ngram)
+    got = [final_answer(a) for a in answers]
+    n = max(len(items), 1)
+    return {"final_answer_format": sum(g is not None for g in got) / n,
+            "final_answer_em": sum(g == gold for g, (_, gold) in zip(got, items)) / n,
+            "answers": answers}
+
+
+def check_prompts(model, tokenizer, max_tokens: int = 48) -> dict:
+    """Answer the shipped general prompts; the share whose answer contains an expected word."""
+    from ragtune.generate.transformers import generate_batch
+
+    prompts = probe_prompts()
+    answers = generate_batch(model, tokenizer, [[{"role": "user", "content": p["prompt"]}] for p in prompts], max_tokens)
+    right = [_contains_any(a, p["expect"]) for a, p in zip(answers, prompts)]
+    return {"general_score": sum(right) / len(prompts), "answers": answers, "right": right}
+
+
+def _contains_any(text: str, words: list[str]) -> bool:
+    return any(re.search(r"(?<!\w)" + re.escape(w.lower()) + r"(?!\w)", text.lower()) for w in words)
+
+
 def forgetting(before: dict[str, float | None], after: dict[str, float | None], threshold: float) -> dict[str, object]:
-    """Relative changes of the probe perplexity and held-out loss; ``flagged`` when the probe's
-    perplexity rose by more than ``threshold`` (0.1 = 10%)."""
-    change = after["probe_ppl"] / before["probe_ppl"] - 1 if before.get("probe_ppl") else None
-    return {"probe_ppl_before": before.get("probe_ppl"), "probe_ppl_after": after.get("probe_ppl"), "probe_ppl_change": change,
-            "forgetting_flagged": bool(change is not None and change > threshold)}
+    """Before/after values and changes; ``forgetting_flagged`` when the probe's perplexity rose by
+    more than ``threshold`` (0.1 = 10%) or the general-prompt score fell by more than ``threshold``."""
+    out: dict[str, object] = {}
+    for key in ("probe_ppl", "general_score", "final_answer_format", "final_answer_em"):
+        b, a = before.get(key), after.get(key)
+        if b is None or a is None:
+            continue
+        out[f"{key}_before"], out[f"{key}_after"] = b, a
+        out[f"{key}_change"] = (a / b - 1 if key == "probe_ppl" else a - b) if (b or key != "probe_ppl") else None
+    ppl, score = out.get("probe_ppl_change"), out.get("general_score_change")
+    out["forgetting_flagged"] = bool((ppl is not None and ppl > threshold) or (score is not None and score < -threshold))
+    return out

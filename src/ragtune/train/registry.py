@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
@@ -111,6 +112,20 @@ def registered(ws_root: Path, name: str) -> Path | None:
         return None
     folder = models_dir(ws_root) / name
     return folder if folder.is_dir() else None
+
+
+def weights_sha256(ws_root: Path, name: str) -> str:
+    """What ``name`` generates with, as one hash: its weights file's sha256, and for an adapter
+    also the base's (the card's), so a run records exactly which model answered."""
+    from ragtune.embed import file_sha256
+
+    card = load_card(ws_root, name)
+    folder = models_dir(ws_root) / name / WEIGHTS_DIR[card.kind]
+    weights = next((folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"model {name!r} has no weights in {folder}; remove it with `ragtune models rm {name}`")
+    own = file_sha256(weights)
+    return own if card.kind == "full" else hashlib.sha256(f"{card.base.get('sha256', '')}+{own}".encode()).hexdigest()
 
 
 def staging(ws_root: Path, name: str) -> Path:
