@@ -309,8 +309,8 @@ def _record(ws, qa: Path, result: dict, started: str, limit: Optional[int]):
 
     from ragtune.experiment.runs import RUNS_DIR
     from ragtune.experiment.sweep import record_run, run_id
-    from ragtune.files import sha256_file
     from ragtune.experiment.tracking import tracker_for
+    from ragtune.files import sha256_file
 
     settings = run_id(ws.config, sha256_file(qa), result["arm"], limit or 0, bool(result.get("judge")))
     rid = hashlib.sha1(f"{settings}@{started}".encode()).hexdigest()[:12]  # every eval is its own run
@@ -523,8 +523,6 @@ def data_qa_to_sft(qa: Annotated[Path, typer.Argument(help="QA JSONL file.")],
     c.print(f"wrote {n} demonstrations to {out}")
 
 
-
-
 @finetune_app.command("sft")
 def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstrations: JSONL with messages, or prompt/completion (or --prompt-field/--completion-field).")],
                  name: Annotated[str, typer.Option("--name", help="Register the result under this name (then: ragtune ask --model NAME).")],
@@ -614,9 +612,9 @@ def models_show(name: Annotated[str, typer.Argument(help="A registered model.")]
 
 
 def _print_card(name: str, ws, c) -> None:
-    from ragtune.train.registry import load_card
-
     from rich.table import Table
+
+    from ragtune.train.registry import load_card
 
     card = load_card(ws.root, name)
     c.print(f"[bold]{card.name}[/] ({card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
@@ -632,7 +630,7 @@ def _print_card(name: str, ws, c) -> None:
     shown = {f"{key}_{part}" for key, _, _ in _CHECKS for part in ("before", "after", "change")}
     _print_metrics({k: v for k, v in m.items() if k not in shown and not isinstance(v, (list, dict))}, c)
     if m.get("forgetting_flagged"):
-        c.print(f"[yellow]forgetting:[/] general-text perplexity {m.get('probe_ppl_change', 0):+.1%}, general prompts "
+        c.print(f"[yellow]forgetting:[/] general-text perplexity {m.get('probe_ppl_change') or 0:+.1%}, general prompts "
                 f"{100 * (m.get('general_score_change') or 0):+.1f} points (past \\[train] forgetting_threshold {card.config.get('forgetting_threshold')}); "
                 "try fewer epochs, a lower learning rate or LoRA", soft_wrap=True)
 

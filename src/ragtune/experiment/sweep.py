@@ -44,10 +44,10 @@ from typing import Any
 
 from ragtune.config import Config
 from ragtune.errors import ConfigError, WorkspaceError
-from ragtune.files import package_version, sha256_file, utc_now
 from ragtune.evaluate.qa_eval import ARMS
 from ragtune.experiment.runs import RUNS_DIR, Run, load_run, write_run
 from ragtune.experiment.tracking import flatten
+from ragtune.files import package_version, sha256_file, utc_now
 
 SWEEP_KEYS = {"name", "qa", "arm", "limit", "judge", "base", "grid", "runs"}
 
@@ -259,7 +259,6 @@ def environment(ws, arm: str) -> dict[str, Any]:
 def generator_sha256(ws) -> str | None:
     from ragtune.embed import file_sha256, weights_hash
     from ragtune.generate import MODELS, model_path
-
     from ragtune.train.registry import registered, weights_sha256
 
     cfg = ws.config.generate

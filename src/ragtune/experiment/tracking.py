@@ -80,7 +80,6 @@ class Tracker:
         self.client.set_terminated(rid)
         return rid
 
-
     def log_training(self, experiment: str, name: str, params: dict[str, Any], metrics: dict[str, Any],
                      losses: list[tuple[int, float]], artifact: Path) -> str:
         """A training run: its settings, final metrics, the loss at every step, and one file (the card)."""

@@ -108,7 +108,7 @@ def generate_batch(model, tokenizer, conversations: list[Messages], max_new_toke
                 mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in chunk])
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                      use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                     **({"no_repeat_ngram_size": no_repeat_ngram} if no_repeat_ngram else {}))
+                                     no_repeat_ngram_size=no_repeat_ngram)  # 0 = off
                 for row, i in enumerate(chunk):
                     answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
     finally:

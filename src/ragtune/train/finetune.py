@@ -62,7 +62,7 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
     import torch
 
     from ragtune.train import checkpoint
-    from ragtune.train.probe import forgetting
+    from ragtune.train.probe import answer_items, forgetting
     from ragtune.train.registry import check_name, registered
     from ragtune.train.sft import build_model, evaluate_loss, stats_json, train_loop
 
@@ -82,9 +82,10 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
     if resume and (found := checkpoint.latest(work / "checkpoint")):
         start = checkpoint.load(found, model)
         log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
+    items = answer_items(prepared["examples"]["eval"], cfg.check_answers)  # held-out prompts with a '#### N' answer
     if "before" not in run:  # the base model (a fresh LoRA adapter changes nothing yet); rank 0 checks
         run["before"] = {} if start is not None else {"eval_loss": evaluate_loss(model, prepared["eval"], cfg.batch_size, pad),
-                                                      **(_checks(model, tok, prepared, cfg, "base", log) if _rank() == 0 else {})}
+                                                      **(_checks(model, tok, items, cfg, "base", log) if _rank() == 0 else {})}
         if _rank() == 0:
             write_json(work / "run.json", run)
     log(f"training {name}: {len(prepared['train'])} examples ({len(prepared['eval'])} held out), {cfg.method}, "
@@ -94,13 +95,13 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
                        on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
     if _rank() != 0:  # under torchrun: rank 0 registers and tracks
         return ws.state_dir / "models" / name
-    before, after = run["before"], _checks(model, tok, prepared, cfg, "tuned", log)
+    before, after = run["before"], _checks(model, tok, items, cfg, "tuned", log)
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
                "eval_loss_before": before.get("eval_loss"), "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
                "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens,
                "processes": _processes(), **forgetting(before, after, cfg.forgetting_threshold)}
-    folder = _register(ws, name, model, tok, cfg, prepared, metrics, stats, overwrite, _answers(prepared, cfg, before, after))
+    folder = _register(ws, name, model, tok, cfg, prepared, metrics, stats, overwrite, _answers(items, before, after))
     _track(ws, name, cfg, metrics, stats_json(stats), folder)
     shutil.rmtree(work, ignore_errors=True)
     log(f"registered {name} in {folder} ({time.perf_counter() - started:.0f}s)")
@@ -144,11 +145,10 @@ def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) 
     return wanted
 
 
-def _checks(model, tokenizer, prepared: dict, cfg, which: str, log) -> dict[str, Any]:
+def _checks(model, tokenizer, items: list, cfg, which: str, log) -> dict[str, Any]:
     """The forgetting/learning checks of ``train.probe`` on ``model`` (answers kept for the record)."""
-    from ragtune.train.probe import answer_items, check_answers, check_prompts, perplexity, probe_texts
+    from ragtune.train.probe import check_answers, check_prompts, perplexity, probe_texts
 
-    items = answer_items(prepared["examples"]["eval"], cfg.check_answers)
     log(f"checking the {which} model: general-text perplexity" + (", general prompts" if cfg.check_prompts else "")
         + (f", {len(items)} held-out final answers" if items else ""))
     out: dict[str, Any] = {"probe_ppl": perplexity(model, tokenizer, probe_texts())}
@@ -162,15 +162,14 @@ def _checks(model, tokenizer, prepared: dict, cfg, which: str, log) -> dict[str,
     return out
 
 
-def _answers(prepared: dict, cfg, before: dict, after: dict) -> dict[str, Any]:
+def _answers(items: list, before: dict, after: dict) -> dict[str, Any]:
     """checks.json of the registered model: every checked prompt with the base's and the tuned model's answer."""
-    from ragtune.train.probe import answer_items, probe_prompts
+    from ragtune.train.probe import probe_prompts
 
     general = [{"prompt": p["prompt"], "expect": p["expect"], "base": b, "tuned": a}
                for p, b, a in zip(probe_prompts(), before.get("general_answers", []), after.get("general_answers", []))]
     held = [{"expected": gold, "prompt": turns[-1]["content"], "base": b, "tuned": a}
-            for (turns, gold), b, a in zip(answer_items(prepared["examples"]["eval"], cfg.check_answers),
-                                           before.get("held_out_answers", []), after.get("held_out_answers", []))]
+            for (turns, gold), b, a in zip(items, before.get("held_out_answers", []), after.get("held_out_answers", []))]
     return {"general_prompts": general, "held_out": held}
 
 

@@ -93,7 +93,7 @@ def check_prompts(model, tokenizer, max_tokens: int = 48) -> dict:
     prompts = probe_prompts()
     answers = generate_batch(model, tokenizer, [[{"role": "user", "content": p["prompt"]}] for p in prompts], max_tokens)
     right = [_contains_any(a, p["expect"]) for a, p in zip(answers, prompts)]
-    return {"general_score": sum(right) / len(prompts), "answers": answers, "right": right}
+    return {"general_score": sum(right) / len(prompts), "answers": answers}
 
 
 def _contains_any(text: str, words: list[str]) -> bool:
@@ -109,7 +109,10 @@ def forgetting(before: dict[str, float | None], after: dict[str, float | None], 
         if b is None or a is None:
             continue
         out[f"{key}_before"], out[f"{key}_after"] = b, a
-        out[f"{key}_change"] = (a / b - 1 if key == "probe_ppl" else a - b) if (b or key != "probe_ppl") else None
+        if key == "probe_ppl":  # relative; the shares change in points
+            out[f"{key}_change"] = a / b - 1 if b else None
+        else:
+            out[f"{key}_change"] = a - b
     ppl, score = out.get("probe_ppl_change"), out.get("general_score_change")
     out["forgetting_flagged"] = bool((ppl is not None and ppl > threshold) or (score is not None and score < -threshold))
     return out

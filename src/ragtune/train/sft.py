@@ -283,7 +283,7 @@ def give_back_freed_memory(model) -> list:
     holes well and keeps them, so the process grows to several times its live tensors.
     ``malloc_trim(0)`` after the forward and the backward pass of every few layers releases the
     free pages. benchmarks/sft.py, SmolLM2 LoRA, batch 8 (with the 256-row loss chunks): peak RSS
-    3.3 GB -> 1.7 GB for 188 -> 164 tokens/s; a fixed mmap threshold instead cost a third of the
+    3.3 GB -> 1.7-2.0 GB for 188 -> 162-164 tokens/s; a fixed mmap threshold instead cost a third of the
     speed. No effect off glibc or on GPU. Returns the hook handles (``.remove()`` after training)."""
     import ctypes
 
