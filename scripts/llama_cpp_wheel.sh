@@ -2,6 +2,7 @@
 # Build llama-cpp-python portably and print the path of the wheel.
 #
 #   scripts/llama_cpp_wheel.sh PYTHON            # the project's build (what `make` installs)
+#   scripts/llama_cpp_wheel.sh --where           # only print the cache folder of that build
 #   LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" scripts/llama_cpp_wheel.sh PYTHON   # another build, for benchmarks
 #
 # Why: pip builds llama.cpp with GGML_NATIVE=ON (-march=native), so a wheel fits only the CPU it
@@ -16,7 +17,9 @@
 # Makefile installs that file by path.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-python="${1:?usage: scripts/llama_cpp_wheel.sh PYTHON}"
+where=0
+if [ "${1:-}" = --where ]; then where=1; shift; fi
+python="${1:-python3}"
 
 # The version is pinned once, in pyproject.toml.
 version="$(grep -o 'llama-cpp-python==[0-9.]*' "$here/pyproject.toml" | head -1 | cut -d= -f3)"
@@ -34,12 +37,13 @@ recipe=1  # bump when this script changes what it builds
 key="$(printf '%s\n' "$recipe" "$version" "$arch" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-16)"
 cache="${RAGTUNE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ragtune}/wheels"  # beside the ONNX exports
 dest="$cache/llama-cpp-python-$version-$key"
+if [ $where = 1 ]; then echo "$dest"; exit 0; fi
 
 if ! ls "$dest"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   mkdir -p "$cache"
   tmp="$(mktemp -d "$cache/.building-XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
-  echo "building llama-cpp-python $version from source (about 6 minutes on 2 cores; once per machine)" >&2
+  echo "building llama-cpp-python $version from source (about 5 minutes on 2 cores; once per machine, then cached)" >&2
   echo "  CMAKE_ARGS=$LLAMA_CMAKE_ARGS" >&2
   start=$(date +%s)
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" FORCE_CMAKE=1 "$python" -m pip wheel -q --disable-pip-version-check \

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from ragtune.doctor import (LLAMA_FEATURE_FLAGS, PORTABLE_FEATURES, _death, _smo
                             cpu_flags, describe_build, parse_system_info)
 from tests.conftest import HANDBOOK, REPO, run_cli
 
+PIN = re.search(r"llama-cpp-python==([\d.]+)", (REPO / "pyproject.toml").read_text())[1]
 SYSTEM_INFO = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
                "AVX512_VNNI = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | ")
 
@@ -57,6 +59,33 @@ def test_cmake_args_are_the_portable_set_and_the_build_script_reads_them():
     # the build script keys its cache by exactly these flags (so another set cannot be reused)
     script = (REPO / "scripts" / "llama_cpp_wheel.sh").read_text()
     assert "llama_cpp_cmake_args.txt" in script and "--no-cache-dir" in script
+
+
+def _wheel_script(*args, cache, cmake_args=None):
+    env = {**os.environ, "RAGTUNE_CACHE_DIR": str(cache)}
+    env.pop("LLAMA_CMAKE_ARGS", None)
+    if cmake_args is not None:
+        env["LLAMA_CMAKE_ARGS"] = cmake_args
+    return subprocess.run(["bash", str(REPO / "scripts" / "llama_cpp_wheel.sh"), *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_the_wheel_cache_is_keyed_by_the_flags_so_a_native_wheel_is_never_reused(tmp_path):
+    portable = _wheel_script("--where", cache=tmp_path).stdout.strip()
+    native = _wheel_script("--where", cache=tmp_path, cmake_args="-DGGML_NATIVE=ON").stdout.strip()
+    assert portable.startswith(str(tmp_path / "wheels" / f"llama-cpp-python-{PIN}-")) and native != portable
+    if platform.machine() == "x86_64":  # the project's flags are those of llama_cpp_cmake_args.txt
+        assert _wheel_script("--where", cache=tmp_path, cmake_args=cmake_args()).stdout.strip() == portable
+    # A wheel in the portable build's folder is what the script hands out, without building; a native
+    # wheel planted anywhere else is not.
+    (tmp_path / "wheels" / "pip-native").mkdir(parents=True)
+    wheel = f"llama_cpp_python-{PIN}-py3-none-linux_x86_64.whl"
+    (tmp_path / "wheels" / "pip-native" / wheel).write_bytes(b"native")
+    Path(portable).mkdir(parents=True)
+    (Path(portable) / wheel).write_bytes(b"portable")
+    p = _wheel_script(sys.executable, cache=tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == f"{portable}/{wheel}"
+    assert "building" not in p.stderr
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the portable build's instruction sets are x86-64's")
@@ -106,7 +135,7 @@ def test_doctor_reports_the_installation_and_runs_both_models():
     checks = {(c["section"], c["name"]): c for c in json.loads(p.stdout)}
     assert p.returncode == 0, [c for c in checks.values() if c["problem"]]
     assert checks[("python", "python")]["detail"].startswith(platform.python_version())
-    assert checks[("libraries", "llama-cpp-python")]["detail"].startswith("0.3.36")
+    assert checks[("libraries", "llama-cpp-python")]["detail"].startswith(PIN)
     assert checks[("libraries", "torch")]["detail"].startswith("2.13.0")
     assert "x86_64" in checks[("cpu", "cpu")]["detail"] or platform.machine() != "x86_64"
     assert checks[("models", "smollm2")]["detail"].split(" (")[0].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
