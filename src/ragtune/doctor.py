@@ -130,8 +130,13 @@ def library_checks() -> list[Check]:
     """Each library ragtune requires (core and the ``generate`` extra) with the version installed."""
     from packaging.requirements import Requirement
 
+    try:
+        requires = metadata.requires("ragtune") or []
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return [Check("libraries", "ragtune", "not installed as a package", "no metadata to check against",
+                      "pip install -e '.[generate]' in the checkout (or `make demo`)")]
     checks, seen = [], set()
-    for text in metadata.requires("ragtune") or []:
+    for text in requires:
         req = Requirement(text)
         extra = next((e for e in EXTRAS if req.marker and req.marker.evaluate({"extra": e})), None)
         if (req.marker and extra is None) or req.name.lower() in seen:
