@@ -24,7 +24,8 @@ import ragtune
 from ragtune.config import CONFIG_FILE, GenerateConfig, render_toml
 from ragtune.evaluate.beir import load_beir
 from ragtune.evaluate.retrieval import scratch_workspace
-from ragtune.generate import _bundled_smollm2, get_generator
+from ragtune.generate import get_generator
+from ragtune.models.bundled import smollm2_gguf
 from retrieval import console, machine, reduced_beir
 from common import save_results, utc_stamp
 
@@ -106,7 +107,7 @@ def transformers_overhead(chats: list, repeats: int, max_tokens: int, threads: i
     import torch
     from ragtune.generate.transformers import TransformersGenerator
 
-    gen = TransformersGenerator(_bundled_smollm2(), GenerateConfig(backend="transformers", max_tokens=max_tokens), threads)
+    gen = TransformersGenerator(smollm2_gguf(), GenerateConfig(backend="transformers", max_tokens=max_tokens), threads)
     model, tok = gen.model, gen.tokenizer
 
     def raw_hf(messages) -> dict:
@@ -253,7 +254,7 @@ def main() -> None:
         beir = reduced_beir(args.beir, "test", args.limit_docs, work / "data") if args.limit_docs else args.beir.resolve()
         data = load_beir(beir, "test")
         tag = data.name + (f"-first{args.limit_docs}" if args.limit_docs else "")  # a smoke run never overwrites the real latest
-        model = _bundled_smollm2()
+        model = smollm2_gguf()
         res: dict = {"dataset": data.name, "limit_docs": args.limit_docs, "model": model.name, "repeats": args.repeats,
                      "max_tokens": args.max_tokens, "threads": args.threads, "command": " ".join([sys.executable, *sys.argv]),
                      "started_utc": stamp, "machine": machine(), "versions": {p: metadata.version(p) for p in PACKAGES}}
@@ -285,7 +286,7 @@ def transformers_main(args) -> None:
     stamp = utc_stamp()
     started = time.perf_counter()
     chats = handbook_prompts(get_generator(GenerateConfig(max_tokens=args.max_tokens, threads=args.threads)))
-    res = {"model": _bundled_smollm2().name, "repeats": args.repeats, "max_tokens": args.max_tokens, "threads": args.threads,
+    res = {"model": smollm2_gguf().name, "repeats": args.repeats, "max_tokens": args.max_tokens, "threads": args.threads,
            "command": " ".join([sys.executable, *sys.argv]), "started_utc": stamp, "machine": machine(),
            "versions": {p: metadata.version(p) for p in [*PACKAGES, "transformers", "peft"] if p != "llama_cpp_python"}}
     console.print(f"[bold]transformers generator overhead[/]: ours vs plain model.generate, {args.repeats} repeats")

@@ -32,7 +32,7 @@ from common import save_results, utc_stamp  # noqa: E402
 from retrieval import machine  # noqa: E402
 
 from ragtune.doctor import cpu_flags  # noqa: E402
-from ragtune.generate import _bundled_smollm2  # noqa: E402
+from ragtune.models.bundled import smollm2_gguf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def measure(variant: str | None, prompt_tokens: int, decode_tokens: int, logits_
         lib.ggml_backend_load.restype, lib.ggml_backend_load.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
         if not lib.ggml_backend_load(variant.encode()):
             raise SystemExit(f"ggml_backend_load refused {variant} (this CPU lacks its instructions)")
-    model = str(_bundled_smollm2())
+    model = str(smollm2_gguf())
     llm = Llama(model_path=model, n_ctx=2048, n_threads=os.cpu_count(), seed=0, verbose=False)
     prompt = handbook_tokens(llm, prompt_tokens)
     n_vocab, eos = llm.n_vocab(), llm.token_eos()
@@ -93,7 +93,7 @@ def fp32_logits(prompt: list[int]) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = _bundled_smollm2()
+    path = smollm2_gguf()
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     with torch.no_grad():
         return model(torch.tensor([prompt])).logits[0].numpy()

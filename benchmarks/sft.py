@@ -98,7 +98,7 @@ def arm_trl(args, base, tokenizer) -> dict:
 def child(args) -> None:
     from transformers import AutoTokenizer
 
-    from ragtune.train.base import materialise_base
+    from ragtune.models.base import materialise_base
 
     base = materialise_base("smollm2", args.work)
     tokenizer = AutoTokenizer.from_pretrained(str(base))

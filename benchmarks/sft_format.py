@@ -51,7 +51,7 @@ def main() -> None:
 
     from ragtune import Workspace
     from ragtune.train.data import load_examples
-    from ragtune.train.base import materialise_base
+    from ragtune.models.base import materialise_base
     from ragtune.train.finetune import finetune
     from ragtune.train.probe import NO_REPEAT_NGRAM, answer_items, check_answers
 
@@ -67,7 +67,7 @@ def main() -> None:
     items = answer_items(load_examples(other_file, "question", "answer"), args.eval)
 
     t0 = time.perf_counter()
-    folder = finetune(ws, "gsm8k", train_file, cfg, prompt_field="question", completion_field="answer", log=print)
+    folder = finetune(ws.root, "gsm8k", train_file, cfg, prompt_field="question", completion_field="answer", log=print)
     train_s = time.perf_counter() - t0
     card = json.loads((folder / "card.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(str(materialise_base(cfg.base, ws.root)), dtype=torch.float32)

@@ -52,7 +52,7 @@ def smollm2_base(tmp_path_factory):
     slow tests: ``(root, folder, seconds the conversion took)``."""
     import time
 
-    from ragtune.train.base import materialise_base
+    from ragtune.models.base import materialise_base
 
     root = tmp_path_factory.mktemp("base-root")
     t0 = time.perf_counter()
@@ -64,7 +64,7 @@ def smollm2_base(tmp_path_factory):
 def tiny_llama_folder(tmp_path_factory):
     """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer and chat template (~4 s to build)."""
     from ragtune.generate import model_path
-    from ragtune.train.base import tiny_llama
+    from ragtune.models.base import tiny_llama
 
     return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer_from=model_path("smollm2"))
 

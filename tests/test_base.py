@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from ragtune.config import GenerateConfig
-from ragtune.embed import file_sha256
+from ragtune.files import weights_sha256
 from ragtune.errors import ModelError
 from ragtune.generate import model_path
-from ragtune.train.base import MARKER, base_identity, is_quantized, materialise_base, tiny_llama
+from ragtune.models.base import MARKER, base_identity, is_quantized, materialise_base, tiny_llama
 
 QUESTION = [{"role": "user", "content": "The observatory was founded in 1931 by Cornelius Vantreight.\n\nWho founded the observatory?"}]
 
@@ -20,7 +20,7 @@ QUESTION = [{"role": "user", "content": "The observatory was founded in 1931 by 
 @pytest.mark.slow
 def test_the_bundled_gguf_is_converted_once(smollm2_base):
     root, folder, first_s = smollm2_base
-    sha = file_sha256(model_path("smollm2"))
+    sha = weights_sha256(model_path("smollm2"))
     assert folder == root / ".ragtune" / "base" / sha[:16]
     t0 = time.perf_counter()
     assert materialise_base("smollm2", root) == folder
@@ -67,7 +67,7 @@ def test_a_failed_conversion_leaves_no_folder(tmp_path, monkeypatch):
         (Path(directory) / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("disk full")
 
-    sha16 = file_sha256(model_path("smollm2"))[:16]
+    sha16 = weights_sha256(model_path("smollm2"))[:16]
     stale = tmp_path / ".ragtune" / "base" / f".tmp-{sha16}-999999999-dead"  # left by a killed process
     stale.mkdir(parents=True)
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_half_then_fail)
@@ -81,7 +81,7 @@ def test_a_hugging_face_folder_is_used_as_it_is(tiny_llama_folder, tmp_path):
 
     assert materialise_base(str(tiny_llama_folder), tmp_path) == tiny_llama_folder
     assert base_identity(tiny_llama_folder) == {"name": "tiny-llama", "path": str(tiny_llama_folder),
-                                                "sha256": file_sha256(tiny_llama_folder / "model.safetensors")}
+                                                "sha256": weights_sha256(tiny_llama_folder / "model.safetensors")}
     broken = tmp_path / "broken"
     shutil.copytree(tiny_llama_folder, broken)
     (broken / "tokenizer.json").unlink()

@@ -15,7 +15,7 @@ import pytest
 from ragtune import Workspace
 from ragtune.config import GenerateConfig
 from ragtune.errors import GeneratorError
-from ragtune.generate import _bundled_smollm2
+from ragtune.models.bundled import smollm2_gguf
 from ragtune.generate.openai import OpenAIGenerator
 from tests.conftest import HANDBOOK, run_cli
 
@@ -32,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def llama_server():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(_bundled_smollm2()), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"

@@ -12,9 +12,9 @@ from ragtune.errors import ConfigError, ModelError
 from ragtune.experiment.sweep import generator_sha256
 from ragtune.generate import get_generator, model_path
 from ragtune.generate.transformers import TransformersGenerator
-from ragtune.train.base import base_identity
-from ragtune.train.registry import (ModelCard, list_models, load_card, merge, models_dir, register, remove, resolve,
-                                    staging)
+from ragtune.models.base import base_identity
+from ragtune.models.registry import ModelCard, list_models, load_card, models_dir, register, remove, resolve, staging
+from ragtune.train.merge import merge
 
 QUESTION = [{"role": "user", "content": "The observatory was founded in 1931 by Cornelius Vantreight.\n\nWho founded the observatory?"}]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

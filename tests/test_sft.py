@@ -71,13 +71,14 @@ def test_only_assistant_tokens_carry_loss(tiny_llama_folder):
 
 @pytest.mark.slow
 def test_lora_loss_falls_and_the_model_is_registered(tmp_path, tiny_llama_folder, gsm):
+    from ragtune.experiment.tracking import training_tracker
+    from ragtune.models.registry import load_card
     from ragtune.train.finetune import finetune
-    from ragtune.train.registry import load_card
 
     ws = Workspace.init(tmp_path / "ws")
     steps = []
-    folder = finetune(ws, "tiny-gsm", gsm, tiny_config(ws, tiny_llama_folder), prompt_field="question",
-                      completion_field="answer", on_step=steps.append, log=lambda _: None)
+    folder = finetune(ws.root, "tiny-gsm", gsm, tiny_config(ws, tiny_llama_folder), prompt_field="question",
+                      completion_field="answer", on_step=steps.append, log=lambda _: None, track=training_tracker(ws))
     card = load_card(ws.root, "tiny-gsm")
     from mlflow.tracking import MlflowClient
 
@@ -178,26 +179,26 @@ def test_resume_continues_where_a_killed_run_stopped(tmp_path, tiny_llama_folder
     ws = untracked(tmp_path / "ws")
     cfg = tiny_config(ws, tiny_llama_folder)
     kw = dict(prompt_field="question", completion_field="answer", log=lambda _: None)
-    whole = finetune(ws, "whole", gsm, cfg, **kw)
+    whole = finetune(ws.root, "whole", gsm, cfg, **kw)
 
     def die_at_5(record):
         if record["step"] == 5:
             raise Stop
 
     with pytest.raises(Stop):
-        finetune(ws, "resumed", gsm, cfg, on_step=die_at_5, **kw)
+        finetune(ws.root, "resumed", gsm, cfg, on_step=die_at_5, **kw)
     assert not (ws.state_dir / "models" / "resumed").exists()  # nothing half-registered
     state = json.loads((ws.state_dir / "train" / "resumed" / "checkpoint" / "state.json").read_text())
     assert state["stats"]["steps"] == 4  # the last checkpoint (every 2 steps) before the kill
     with pytest.raises(ConfigError, match="--resume"):
-        finetune(ws, "resumed", gsm, cfg, **kw)
+        finetune(ws.root, "resumed", gsm, cfg, **kw)
     seen = []
-    resumed = finetune(ws, "resumed", gsm, cfg, resume=True, on_step=seen.append, **kw)
+    resumed = finetune(ws.root, "resumed", gsm, cfg, resume=True, on_step=seen.append, **kw)
     assert seen[0]["step"] == 5  # continued with the step after the checkpoint
     a, b = adapter_tensors(whole), adapter_tensors(resumed)
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
     with pytest.raises(ConfigError, match="nothing to resume"):
-        finetune(ws, "other", gsm, cfg, resume=True, **kw)
+        finetune(ws.root, "other", gsm, cfg, resume=True, **kw)
 
 
 def test_bad_data_is_refused_before_training(tmp_path, tiny_llama_folder):
@@ -208,14 +209,14 @@ def test_bad_data_is_refused_before_training(tmp_path, tiny_llama_folder):
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n[1, 2]\n'
                    '{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(DatasetError) as e:
-        finetune(ws, "bad", bad, tiny_config(ws, tiny_llama_folder), log=lambda _: None)
+        finetune(ws.root, "bad", bad, tiny_config(ws, tiny_llama_folder), log=lambda _: None)
     for line in ("line 2", "line 3", "line 4"):
         assert line in str(e.value)
     assert not (ws.state_dir / "train" / "bad").exists()
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "word " * 400, "completion": "ok"}) + "\n" + json.dumps({"prompt": "hi", "completion": "ok"}) + "\n")
     with pytest.raises(DatasetError, match=r"example 1 has \d+ tokens, more than max_length = 384"):
-        finetune(ws, "long", long, tiny_config(ws, tiny_llama_folder), log=lambda _: None)
+        finetune(ws.root, "long", long, tiny_config(ws, tiny_llama_folder), log=lambda _: None)
 
 
 @pytest.mark.slow
@@ -255,7 +256,7 @@ def test_two_real_steps_on_smollm2_then_ask_with_the_result(tmp_path, smollm2_ba
     four = tmp_path / "four.jsonl"
     four.write_text("".join(gsm.read_text().splitlines(keepends=True)[:4]))
     steps = []
-    finetune(ws, "real", four, cfg, prompt_field="question", completion_field="answer", on_step=steps.append, log=lambda _: None)
+    finetune(ws.root, "real", four, cfg, prompt_field="question", completion_field="answer", on_step=steps.append, log=lambda _: None)
     assert [s["step"] for s in steps] == [1, 2] and all(0 < s["loss"] < 5 for s in steps)  # a trained model's loss, not random
     card = json.loads((ws.state_dir / "models" / "real" / "card.json").read_text())
     assert 1 < card["metrics"]["probe_ppl_before"] < 100  # SmolLM2 reads everyday English well; a random model would be ~49k

@@ -7,7 +7,7 @@ import pytest
 
 from ragtune.config import GenerateConfig
 from ragtune.errors import GeneratorError
-from ragtune.generate import _bundled_smollm2
+from ragtune.models.bundled import smollm2_gguf
 from ragtune.generate.transformers import TransformersGenerator
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ CFG = GenerateConfig(backend="transformers", max_tokens=24)
 
 @pytest.fixture(scope="module")
 def base():
-    return TransformersGenerator(_bundled_smollm2(), CFG, threads=2)
+    return TransformersGenerator(smollm2_gguf(), CFG, threads=2)
 
 
 def test_gguf_through_transformers_answers(base):
@@ -33,7 +33,7 @@ def test_with_a_peft_adapter(base, tmp_path):
 
     tuned = get_peft_model(copy.deepcopy(base.model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     tuned.save_pretrained(tmp_path / "adapter")
-    g = TransformersGenerator(_bundled_smollm2(), CFG, threads=2, adapter=tmp_path / "adapter")
+    g = TransformersGenerator(smollm2_gguf(), CFG, threads=2, adapter=tmp_path / "adapter")
     assert isinstance(g.model, PeftModel) and g.name.endswith("+adapter")
     # a fresh LoRA adapter starts as the identity (B = 0): the answer is the base model's
     assert g.generate(QUESTION).text == base.generate(QUESTION).text

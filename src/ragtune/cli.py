@@ -502,7 +502,7 @@ def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, or d
 
     ws = _workspace(workspace)
     cfg = ws.config.train
-    prepared = prepare(ws, path, cfg, prompt_field, completion_field)  # what `finetune sft` checks, all of it
+    prepared = prepare(ws.root, path, cfg, prompt_field, completion_field)  # what `finetune sft` checks, all of it
     _console().print(f"{path}: {len(prepared['train'])} train + {len(prepared['eval'])} eval examples (\\[train] eval_fraction "
                      f"{cfg.eval_fraction}), all within max_length {cfg.max_length} for {cfg.base} — OK")
 
@@ -550,6 +550,7 @@ def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstratio
 
     Every other setting is in ragtune.toml [train]. Under torchrun/accelerate launch each process
     trains on its share of every batch (gloo on CPU, nccl on GPUs)."""
+    from ragtune.experiment.tracking import training_tracker
     from ragtune.train.finetune import finetune
 
     ws = _workspace(workspace)
@@ -564,8 +565,8 @@ def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstratio
             if bar is not None:
                 progress.bar.update(bar, total=record["total_steps"], completed=record["step"], note=f"loss {record['loss']:.3f} · {record['tokens_per_s']:.0f} tok/s · epoch {record['epoch']:.2f}")
 
-        folder = finetune(ws, name, data, cfg, resume=resume, restart=restart, overwrite=overwrite, prompt_field=prompt_field,
-                          completion_field=completion_field, system=system, on_step=on_step,
+        folder = finetune(ws.root, name, data, cfg, resume=resume, restart=restart, overwrite=overwrite, prompt_field=prompt_field,
+                          completion_field=completion_field, system=system, on_step=on_step, track=training_tracker(ws),
                           log=(lambda line: progress.bar.console.print(line)) if rank == 0 else (lambda line: None))
     if rank == 0:
         _print_card(folder.name, ws, _console())
@@ -590,7 +591,7 @@ def models_list(workspace: WorkspaceOpt = None) -> None:
     """Registered models with their base, kind and headline metrics."""
     from rich.table import Table
 
-    from ragtune.train.registry import list_models
+    from ragtune.models.registry import list_models
 
     ws = _workspace(workspace)
     cards = list_models(ws.root)
@@ -614,7 +615,7 @@ def models_show(name: Annotated[str, typer.Argument(help="A registered model.")]
 def _print_card(name: str, ws, c) -> None:
     from rich.table import Table
 
-    from ragtune.train.registry import load_card
+    from ragtune.models.registry import load_card
 
     card = load_card(ws.root, name)
     c.print(f"[bold]{card.name}[/] ({card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
@@ -643,7 +644,7 @@ _CHECKS = [("eval_loss", "held-out loss", None), ("probe_ppl", "general-text per
 @models_app.command("rm")
 def models_rm(name: Annotated[str, typer.Argument(help="A registered model.")], workspace: WorkspaceOpt = None) -> None:
     """Delete a registered model (its adapter or weights, tokenizer and card)."""
-    from ragtune.train.registry import remove
+    from ragtune.models.registry import remove
 
     _console().print(f"removed {remove(_workspace(workspace).root, name)}")
 
@@ -653,7 +654,7 @@ def models_merge(name: Annotated[str, typer.Argument(help="A registered LoRA mod
                  out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the merged model (default: the model's merged/).", show_default=False)] = None,
                  workspace: WorkspaceOpt = None) -> None:
     """Fold a LoRA adapter into its base: a plain Hugging Face model folder (for other tools, or faster serving)."""
-    from ragtune.train.registry import merge
+    from ragtune.train.merge import merge
 
     _console().print(f"wrote {merge(_workspace(workspace).root, name, out)}")
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ragtune.errors import ConfigError
 
 CONFIG_FILE = "ragtune.toml"
+STATE_DIR = ".ragtune"  # beside ragtune.toml: the index, caches, models, runs
 
 # The valid choices, once: modules that check a choice derive their lists from these.
 EmbedBackend = Literal["torch", "onnx", "onnx-int8"]

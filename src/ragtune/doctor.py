@@ -181,7 +181,7 @@ def model_checks() -> list[Check]:
     """Where the bundled models are, and that their files are there."""
     from ragtune.embed import EMBEDDERS
     from ragtune.errors import RagtuneError
-    from ragtune.generate import MODELS
+    from ragtune.models.bundled import MODELS
 
     checks = []
     for name, find in [*MODELS.items(), *((n, s.folder) for n, s in EMBEDDERS.items())]:
@@ -363,7 +363,8 @@ def _child_embed() -> None:
     import numpy as np
 
     from ragtune.config import EmbedConfig
-    from ragtune.embed import cache_dir, get_embedder
+    from ragtune.embed import get_embedder
+    from ragtune.files import cache_dir
 
     cfg = EmbedConfig()
     t0 = time.perf_counter()

@@ -1,14 +1,19 @@
-"""Small file helpers every stage uses: atomic JSON writes, file hashes, timestamps, versions.
-Standard library only (imported by light modules)."""
+"""Small file helpers every stage uses: atomic JSON writes and folders, file and weights hashes,
+the per-user cache folder, timestamps, versions. Standard library only (imported by light modules)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import secrets
+import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a model folder's single weights file
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -28,6 +33,48 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """Per-user cache for derived files (ONNX exports, weights hashes, wheels); ``RAGTUNE_CACHE_DIR`` overrides."""
+    base = os.environ.get("RAGTUNE_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ragtune")
+    return Path(base)
+
+
+def weights_sha256(path: Path) -> str:
+    """The identity of model weights: the sha256 of a weights file, or of a model folder's
+    ``model.safetensors`` (or ``pytorch_model.bin``), or for sharded weights of the shards' names
+    and hashes. Memoised on (path, size, mtime) in the cache folder: weights are large."""
+    path = Path(path)
+    if path.is_file():
+        return _memoised_sha256(path)
+    single = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if single is not None:
+        return _memoised_sha256(single)
+    shards = sorted(path.glob("model-*.safetensors")) or sorted(path.glob("pytorch_model-*.bin"))
+    if not shards:
+        from ragtune.errors import ModelError
+
+        raise ModelError(f"no weights in {path}: a model folder needs model.safetensors, pytorch_model.bin or shards of them")
+    h = hashlib.sha256()
+    for shard in shards:
+        h.update(f"{shard.name}:{_memoised_sha256(shard)}\n".encode())
+    return h.hexdigest()
+
+
+def _memoised_sha256(path: Path) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo = cache_dir() / "weights-hashes.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = sha256_file(path)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memo, known)
+    return known[key]
+
+
 def utc_now(timespec: str = "seconds") -> str:
     return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
@@ -40,3 +87,60 @@ def package_version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return ""
+
+
+# -- writing folders atomically ---------------------------------------------------------------
+@contextmanager
+def staged(final: Path, replace: bool = False) -> Iterator[Path]:
+    """A fresh hidden sibling folder of ``final`` to write into. When the block ends without
+    error it is renamed to ``final`` (one ``os.replace``); when it raises it is removed. A killed
+    writer leaves only the hidden ``.tmp-*`` folder, which the next writer of ``final`` deletes.
+    With ``replace``, an existing ``final`` is swapped out and removed; without, a non-empty
+    ``final`` makes the rename fail (``OSError``)."""
+    tmp = new_staging(final)
+    try:
+        yield tmp
+        move_into_place(tmp, final, replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def new_staging(final: Path) -> Path:
+    """An empty ``.tmp-<name>-<pid>-<random>`` folder beside ``final`` (same file system, so the
+    rename is atomic); leftovers of dead processes for the same ``final`` are removed first."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for old in final.parent.glob(f".tmp-{final.name}-*"):
+        pid = old.name[len(f".tmp-{final.name}-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    return tmp
+
+
+def move_into_place(tmp: Path, final: Path, replace: bool = False) -> None:
+    """Rename ``tmp`` to ``final``; with ``replace``, an existing ``final`` is moved aside first
+    and deleted after (put back if the rename fails)."""
+    if not (replace and final.exists()):
+        os.replace(tmp, final)
+        return
+    old = new_staging(final)
+    os.replace(final, old / final.name)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        os.replace(old / final.name, final)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

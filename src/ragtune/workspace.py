@@ -11,12 +11,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ragtune.config import CONFIG_FILE, Config, render_toml
+from ragtune.config import CONFIG_FILE, STATE_DIR, Config, render_toml
 from ragtune.errors import WorkspaceError
 from ragtune.files import write_json
 from ragtune.types import Hit, IndexStats, IngestReport
-
-STATE_DIR = ".ragtune"
 
 
 def find_root(start: str | Path | None = None) -> Path:

@@ -7,7 +7,6 @@ fused fp32 graph exported once and cached) and ``onnx-int8`` (the same, dynamica
 
 from __future__ import annotations
 
-import json
 import os
 import typing
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from typing import Callable
 
 from ragtune.config import EmbedBackend
 from ragtune.errors import EmbedderError
-from ragtune.files import sha256_file, write_json
 
 
 def _bundled_minilm() -> Path:
@@ -43,12 +41,6 @@ EMBEDDERS: dict[str, EmbedderSpec] = {
 BACKENDS: tuple[str, ...] = typing.get_args(EmbedBackend)
 
 
-def cache_dir() -> Path:
-    """Per-user cache for derived model files (ONNX exports); ``RAGTUNE_CACHE_DIR`` overrides."""
-    base = os.environ.get("RAGTUNE_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ragtune")
-    return Path(base)
-
-
 def resolve_model(model: str) -> tuple[str, Path]:
     """(display name, folder) for a registry name or a local sentence-transformers folder."""
     if model in EMBEDDERS:
@@ -59,30 +51,6 @@ def resolve_model(model: str) -> tuple[str, Path]:
             raise EmbedderError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path.resolve()), path.resolve()
     raise EmbedderError(f"unknown embedding model {model!r}: use one of {', '.join(EMBEDDERS)} or a local model folder")
-
-
-def weights_hash(folder: Path) -> str:
-    """sha256 of the model weights, memoised on (path, size, mtime) in the cache folder."""
-    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).exists()), None)
-    if weights is None:
-        raise EmbedderError(f"no model.safetensors or pytorch_model.bin in {folder}")
-    return file_sha256(weights)
-
-
-def file_sha256(weights: Path) -> str:
-    """sha256 of a (large) file, memoised on (path, size, mtime) in the cache folder."""
-    st = weights.stat()
-    key = f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    memo = cache_dir() / "weights-hashes.json"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = sha256_file(weights)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        write_json(memo, known)
-    return known[key]
 
 
 @lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragtune.embed import cache_dir, weights_hash
+from ragtune.files import cache_dir, weights_sha256
 from ragtune.errors import EmbedderError
 
 ONNX_RECIPE = 1  # bump when the export/optimise/quantise steps change: new cache files
@@ -31,7 +31,7 @@ class Embedder:
         self.max_tokens = _max_seq_length(folder)
         config = json.loads((folder / "config.json").read_text())
         self.dim = int(config.get("hidden_size") or config["dim"])
-        self.model_id = f"{name}/{backend}@{weights_hash(folder)[:16]}"
+        self.model_id = f"{name}/{backend}@{weights_sha256(folder)[:16]}"
         self.tokens_seen = 0  # real (non-padding) tokens embedded, for throughput figures
         self.calls = 0
         self._queries: dict[str, np.ndarray] = {}  # recent query vectors: search + rerank + abstain share one
@@ -126,7 +126,7 @@ class OnnxEmbedder(Embedder):
 
 def onnx_model(folder: Path, quantize: bool) -> Path:
     """Path of the cached ONNX graph for ``folder``; exported (and quantised) on first use."""
-    tag = f"{weights_hash(folder)[:16]}-r{ONNX_RECIPE}"
+    tag = f"{weights_sha256(folder)[:16]}-r{ONNX_RECIPE}"
     fp32 = cache_dir() / "onnx" / f"{tag}-fp32.onnx"
     target = cache_dir() / "onnx" / f"{tag}-int8.onnx" if quantize else fp32
     if target.exists():

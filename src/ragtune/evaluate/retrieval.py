@@ -19,7 +19,7 @@ def scratch_workspace(beir_dir: Path, scratch: Path | None, workspace: Path | No
     """The workspace holding the corpus index: ``scratch``, else inside the current workspace,
     else in the user cache. It takes the current workspace's settings when there is one."""
     from ragtune.config import CONFIG_FILE, Config, render_toml
-    from ragtune.embed import cache_dir
+    from ragtune.files import cache_dir
     from ragtune.workspace import Workspace
 
     try:

@@ -189,7 +189,7 @@ class Indexes:
             if not view.store.exists() or not view.stats().chunks:
                 raise WorkspaceError(f"the index in {view.root} is empty: run `ragtune ingest PATH` before a sweep")
         else:
-            from ragtune.workspace import STATE_DIR
+            from ragtune.config import STATE_DIR
 
             view = self.ws.with_config(apply(config, {"store.path": f"{STATE_DIR}/indexes/{key}"}, "sweep"))
             report = view.ingest(None, progress=self.progress)  # the workspace's ingested paths; cached embeddings reused
@@ -257,9 +257,10 @@ def environment(ws, arm: str) -> dict[str, Any]:
 
 
 def generator_sha256(ws) -> str | None:
-    from ragtune.embed import file_sha256, weights_hash
-    from ragtune.generate import MODELS, model_path
-    from ragtune.train.registry import registered, weights_sha256
+    from ragtune.files import weights_sha256
+    from ragtune.generate import model_path
+    from ragtune.models.bundled import MODELS
+    from ragtune.models.registry import model_sha256, registered
 
     cfg = ws.config.generate
     if cfg.backend == "openai" and cfg.model not in MODELS:
@@ -267,8 +268,8 @@ def generator_sha256(ws) -> str | None:
     path = model_path(cfg.model, ws.root)
     try:
         if registered(ws.root, cfg.model):
-            return weights_sha256(ws.root, cfg.model)
-        return file_sha256(path) if path.is_file() else weights_hash(path)
+            return model_sha256(ws.root, cfg.model)
+        return weights_sha256(path)
     except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
         return None
 

@@ -9,6 +9,8 @@ resumed sweep can log what an interruption left unlogged.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import re
 from pathlib import Path
@@ -106,6 +108,21 @@ def _metrics(values: dict[str, Any]) -> list:
 
     return [Metric(metric_name(k), float(v), 0, 0) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def training_tracker(ws):
+    """The ``track`` callback of ``train.finetune.finetune`` for this workspace (None when tracking
+    is off): MLflow experiment "finetune", the config as params, the loss per step, the card."""
+    tracker = tracker_for(ws)
+    if tracker is None:
+        return None
+
+    def track(name: str, cfg, metrics: dict[str, Any], stats: dict[str, Any], folder: Path) -> None:
+        params = {f"train.{k}": v for k, v in flatten(dataclasses.asdict(cfg)).items()}
+        losses = [(h["step"], h["loss"]) for h in stats["history"]]
+        tracker.log_training("finetune", name, params, metrics, losses, folder / "card.json")
+
+    return track
 
 
 def tracker_for(ws) -> Tracker | None:

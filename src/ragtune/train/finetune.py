@@ -1,9 +1,12 @@
 """``ragtune finetune sft``: data -> checked examples -> base model -> training (resumable) ->
 registered model with its card.
 
+Everything happens under a workspace folder ``root`` (no ``Workspace``: the caller assembles the
+config); tracking is a callback (``track``), so training knows nothing of MLflow.
+
 Work in progress lives in ``.ragtune/train/NAME/`` (``run.json``: what is being trained, from
 what; ``checkpoint/``: the latest resumable state). Only a finished run is registered, in one
-rename (``train.registry.register``); then the work folder is removed. A killed run leaves its
+rename (``models.registry.register``); then the work folder is removed. A killed run leaves its
 work folder: ``resume=True`` continues from the last checkpoint; anything else refuses to start
 over it (``restart=True`` discards it).
 """
@@ -15,21 +18,26 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ragtune.config import STATE_DIR
 from ragtune.errors import ConfigError, DatasetError, ModelError
 from ragtune.files import sha256_file, write_json
 
 WORK_DIR = "train"
 
 
-def prepare(ws, data: Path, cfg, prompt_field: str | None = None, completion_field: str | None = None,
+# what a finished run reports to its tracker: name, config, metrics, step statistics, registered folder
+Track = Callable[[str, Any, dict, dict, Path], None]
+
+
+def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, completion_field: str | None = None,
             system: str | None = None) -> dict[str, Any]:
     """Load, check and encode the data for ``cfg``'s base model; every problem is raised before
     any training (``DatasetError`` listing them). Returns base folder, tokenizer, encoded splits."""
     from transformers import AutoTokenizer
 
-    from ragtune.train.base import materialise_base
+    from ragtune.models.base import materialise_base
     from ragtune.train.data import load_examples, overlap, split
     from ragtune.train.sft import encode
 
@@ -39,7 +47,7 @@ def prepare(ws, data: Path, cfg, prompt_field: str | None = None, completion_fie
     if clashes:
         raise DatasetError(f"{data}: {len(clashes)} eval example(s) repeat a train prompt, e.g. {clashes[0]}; "
                            "remove the duplicates (or change --seed)")
-    base = materialise_base(cfg.base, ws.root)
+    base = materialise_base(cfg.base, root)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     encoded, problems = {}, []
     for part, items in (("train", train), ("eval", held_out)):
@@ -55,23 +63,25 @@ def prepare(ws, data: Path, cfg, prompt_field: str | None = None, completion_fie
             "examples": {"train": train, "eval": held_out}, "data_sha256": sha256_file(data)}
 
 
-def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
+def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
              prompt_field: str | None = None, completion_field: str | None = None, system: str | None = None,
-             on_step=None, log=print) -> Path:
-    """Train ``name`` on ``data`` with ``cfg`` (a ``TrainConfig``) and register it; returns its folder."""
+             on_step=None, log=print, track: Track | None = None) -> Path:
+    """Train ``name`` on ``data`` with ``cfg`` (a ``TrainConfig``) and register it in the workspace
+    folder ``root``; returns the model's folder. ``track`` gets the finished run (rank 0 only)."""
     import torch
 
     from ragtune.train import checkpoint
     from ragtune.train.probe import answer_items, forgetting
-    from ragtune.train.registry import check_name, registered
+    from ragtune.models.registry import check_name, models_dir, registered
     from ragtune.train.sft import build_model, evaluate_loss, stats_json, train_loop
 
     check_name(name)
-    if registered(ws.root, name) and not overwrite:
+    root = Path(root)
+    if registered(root, name) and not overwrite:
         raise ModelError(f"a model named {name!r} is already registered; pick another --name, "
                          f"`ragtune models rm {name}`, or --overwrite")
-    prepared = prepare(ws, data, cfg, prompt_field, completion_field, system)  # bad data stops here, nothing written
-    work = ws.state_dir / WORK_DIR / name
+    prepared = prepare(root, data, cfg, prompt_field, completion_field, system)  # bad data stops here, nothing written
+    work = root / STATE_DIR / WORK_DIR / name
     run = _start(work, name, data, cfg, resume, restart)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -94,15 +104,16 @@ def finetune(ws, name: str, data: Path, cfg, resume: bool = False, restart: bool
     stats = train_loop(model, prepared["train"], cfg, pad, eval_set=prepared["eval"], on_step=on_step, start=start,
                        on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
     if _rank() != 0:  # under torchrun: rank 0 registers and tracks
-        return ws.state_dir / "models" / name
+        return models_dir(root) / name
     before, after = run["before"], _checks(model, tok, items, cfg, "tuned", log)
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
                "eval_loss_before": before.get("eval_loss"), "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
                "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens,
                "processes": _processes(), **forgetting(before, after, cfg.forgetting_threshold)}
-    folder = _register(ws, name, model, tok, cfg, prepared, metrics, stats, overwrite, _answers(items, before, after))
-    _track(ws, name, cfg, metrics, stats_json(stats), folder)
+    folder = _register(root, name, model, tok, cfg, prepared, metrics, stats, overwrite, _answers(items, before, after))
+    if track is not None:
+        track(name, cfg, metrics, stats_json(stats), folder)
     shutil.rmtree(work, ignore_errors=True)
     log(f"registered {name} in {folder} ({time.perf_counter() - started:.0f}s)")
     return folder
@@ -173,28 +184,15 @@ def _answers(items: list, before: dict, after: dict) -> dict[str, Any]:
     return {"general_prompts": general, "held_out": held}
 
 
-def _register(ws, name: str, model, tokenizer, cfg, prepared: dict, metrics: dict, stats, overwrite: bool,
+def _register(root: Path, name: str, model, tokenizer, cfg, prepared: dict, metrics: dict, stats, overwrite: bool,
               checks: dict[str, Any]) -> Path:
-    from ragtune.train.base import base_identity
-    from ragtune.train.registry import ModelCard, register, staging
+    from ragtune.models.base import base_identity
+    from ragtune.models.registry import ModelCard, register, staging
 
-    stage = staging(ws.root, name)
+    stage = staging(root, name)
     model.save_pretrained(str(stage / ("adapter" if cfg.method == "lora" else "model")))
     tokenizer.save_pretrained(str(stage / "tokenizer"))
     write_json(stage / "checks.json", checks)
     card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared["base"]), data_sha256=prepared["data_sha256"],
                      config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds)
-    return register(ws.root, name, stage, card, overwrite=overwrite)
-
-
-def _track(ws, name: str, cfg, metrics: dict, stats: dict, folder: Path) -> None:
-    """MLflow (experiment "finetune"): the config as params, loss per step, the card as artefact."""
-    from ragtune.experiment.tracking import flatten, tracker_for
-
-    tracker = tracker_for(ws)
-    if tracker is not None:
-        params = {f"train.{k}": v for k, v in flatten(dataclasses.asdict(cfg)).items()}
-        losses = [(h["step"], h["loss"]) for h in stats["history"]]
-        tracker.log_training("finetune", name, params, metrics, losses, folder / "card.json")
-
-
+    return register(root, name, stage, card, overwrite=overwrite)

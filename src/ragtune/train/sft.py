@@ -148,7 +148,7 @@ def build_model(base: Path, cfg, seed: int):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ragtune.train.base import quiet
+    from ragtune.models.base import quiet
 
     quiet()
     torch.manual_seed(seed)

@@ -5,15 +5,15 @@
     tokenizer/   the tokenizer files, chat template included
     card.json    what made it: base model (name, path, sha256), data sha256, the training
                  config, metrics, training time, package versions, creation time
-    merged/      after ``merge``: the adapter folded into the base, a plain HF folder
+    merged/      after ``train.merge``: the adapter folded into the base, a plain HF folder
 
 A trainer writes everything into a staging folder (``staging``) and calls ``register``, which
 writes card.json last and renames the folder into place in one ``os.replace``: a killed run
 never leaves a half model under a name. A folder without card.json is ignored by
 ``list_models`` and reported by ``load_card`` as incomplete.
 
-``[generate] model = NAME`` serves a registered model (see ``ragtune.generate.get_generator``).
-This module imports no torch until ``merge``.
+``[generate] model = NAME`` serves a registered model (see ``ragtune.generate.get_generator``);
+``ragtune.train.merge`` folds an adapter into its base. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from ragtune.config import STATE_DIR
 from ragtune.errors import ModelError
-from ragtune.files import package_version, write_json
+from ragtune.files import move_into_place, new_staging, package_version, staged, weights_sha256, write_json
 from ragtune.files import utc_now as now
-from ragtune.train.base import base_identity, move_into_place, new_staging, staged
-from ragtune.workspace import STATE_DIR
+from ragtune.models.base import base_identity, materialise_base
+from ragtune.models.bundled import MODELS
 
 MODELS_DIR = "models"  # under the workspace's .ragtune/
 CARD = "card.json"
@@ -95,8 +96,6 @@ def models_dir(ws_root: Path) -> Path:
 
 def check_name(name: str) -> str:
     """``name`` if it can name a model: letters, digits, '-', '_', '.', starting with a letter or digit."""
-    from ragtune.generate import MODELS
-
     if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
         raise ModelError(f"invalid model name {name!r}: use 1-64 letters, digits, '-', '_' or '.', "
                          "starting with a letter or digit (e.g. handbook-lora)")
@@ -114,17 +113,15 @@ def registered(ws_root: Path, name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def weights_sha256(ws_root: Path, name: str) -> str:
-    """What ``name`` generates with, as one hash: its weights file's sha256, and for an adapter
-    also the base's (the card's), so a run records exactly which model answered."""
-    from ragtune.embed import file_sha256
-
+def model_sha256(ws_root: Path, name: str) -> str:
+    """What ``name`` generates with, as one hash: its weights' sha256, and for an adapter also the
+    base's (the card's), so a run records exactly which model answered."""
     card = load_card(ws_root, name)
     folder = models_dir(ws_root) / name / WEIGHTS_DIR[card.kind]
     weights = next((folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()), None)
     if weights is None:
         raise ModelError(f"model {name!r} has no weights in {folder}; remove it with `ragtune models rm {name}`")
-    own = file_sha256(weights)
+    own = weights_sha256(weights)
     return own if card.kind == "full" else hashlib.sha256(f"{card.base.get('sha256', '')}+{own}".encode()).hexdigest()
 
 
@@ -172,7 +169,7 @@ def _portable_base(ws_root: Path, base: dict[str, str]) -> dict[str, str]:
     """The base's path relative to the workspace when inside it, so a moved workspace still resolves."""
     missing = {"name", "path", "sha256"} - set(base)
     if missing:
-        raise ModelError(f"card base lacks {sorted(missing)}: build it with ragtune.train.base.base_identity")
+        raise ModelError(f"card base lacks {sorted(missing)}: build it with ragtune.models.base.base_identity")
     path = Path(base["path"])
     if path.is_absolute() and path.resolve().is_relative_to(ws_root.resolve()):
         path = path.resolve().relative_to(ws_root.resolve())
@@ -234,9 +231,6 @@ def resolve(ws_root: Path, name: str) -> Resolved:
 
 
 def _base_folder(ws_root: Path, card: ModelCard) -> Path:
-    from ragtune.generate import MODELS
-    from ragtune.train.base import materialise_base
-
     path = Path(card.base["path"])
     path = path if path.is_absolute() else ws_root / path
     if not (path / "config.json").is_file():
@@ -249,28 +243,3 @@ def _base_folder(ws_root: Path, card: ModelCard) -> Path:
         raise ModelError(f"the base model of {card.name!r} at {path} has changed (sha256 {found[:16]}..., the card says "
                          f"{card.base['sha256'][:16]}...); the adapter was trained on another model: train it again")
     return path
-
-
-def merge(ws_root: Path, name: str, out: Path | None = None, overwrite: bool = False) -> Path:
-    """Fold a LoRA model's adapter into its base (PEFT ``merge_and_unload``) and save a plain
-    Hugging Face folder, with the tokenizer: ``models/NAME/merged/`` or ``out``. Written
-    atomically; an existing folder is refused unless ``overwrite``."""
-    card, (base, adapter, folder) = load_card(ws_root, name), resolve(ws_root, name)
-    if card.kind != "lora":
-        raise ModelError(f"{name!r} is a full fine-tune: {folder / 'model'} is already a complete model; nothing to merge")
-    dest = Path(out) if out is not None else folder / "merged"
-    if dest.exists() and not overwrite:
-        raise ModelError(f"{dest} already exists; remove it, or merge with overwrite")
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(str(Resolved(base, adapter, folder).tokenizer))
-    with staged(dest, replace=overwrite) as tmp:
-        merged.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "ragtune-merged.json", {"format_version": FORMAT_VERSION, "model": name, "base": card.base,
-                                                  "adapter_created": card.created, "created": now()})
-    return dest

@@ -12,26 +12,21 @@ no ``config.quantization_config``, ``is_quantized = False``) instead of flagging
 weights are the same as a plain ``gguf_file=`` load: for Llama that path de-quantises too and
 only keeps the flag.
 
-Folders are written into a hidden ``.tmp-*`` sibling and renamed into place (``staged``), so a
-killed conversion never leaves a half folder under the final name.
+Folders are written into a hidden ``.tmp-*`` sibling and renamed into place (``files.staged``), so
+a killed conversion never leaves a half folder under the final name.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import secrets
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from ragtune.embed import file_sha256
+from ragtune.config import STATE_DIR
 from ragtune.errors import ModelError
-from ragtune.files import package_version, write_json
+from ragtune.files import package_version, staged, weights_sha256, write_json
 from ragtune.files import utc_now as now
-from ragtune.workspace import STATE_DIR
+from ragtune.models.bundled import MODELS
 
 BASE_DIR = "base"  # under the workspace's .ragtune/
 MARKER = "ragtune-base.json"  # written last into a converted folder: where it came from
@@ -51,7 +46,7 @@ def materialise_base(model: str | Path, root: Path) -> Path:
     name, source = _source(model, Path(root))
     if source.is_dir():
         return check_folder(source)
-    sha = file_sha256(source)
+    sha = weights_sha256(source)
     final = Path(root) / STATE_DIR / BASE_DIR / sha[:16]
     if (final / MARKER).is_file():
         return final
@@ -71,8 +66,6 @@ def materialise_base(model: str | Path, root: Path) -> Path:
 
 def _source(model: str | Path, root: Path) -> tuple[str, Path]:
     """(display name, GGUF file or HF folder) for a registry name or a path (relative to ``root``)."""
-    from ragtune.generate import MODELS
-
     if str(model) in MODELS:
         return str(model), MODELS[str(model)]()
     path = Path(model).expanduser()
@@ -124,32 +117,16 @@ def base_identity(path: str | Path) -> dict[str, str]:
     """``{"name", "path", "sha256"}`` of a base model, for model cards. The sha256 is the GGUF's
     for a folder converted from one (what its weights came from), the file's for a ``.gguf``,
     the weights' for any other Hugging Face folder. A registry name stands for its GGUF."""
-    from ragtune.generate import MODELS
-
     if str(path) in MODELS:
         gguf = MODELS[str(path)]()
-        return {"name": str(path), "path": str(gguf), "sha256": file_sha256(gguf)}
+        return {"name": str(path), "path": str(gguf), "sha256": weights_sha256(gguf)}
     path = Path(path)
     if (path / MARKER).is_file():
         meta = json.loads((path / MARKER).read_text())
         return {"name": meta["name"], "path": str(path), "sha256": meta["sha256"]}
     if path.is_file():
-        return {"name": path.stem, "path": str(path), "sha256": file_sha256(path)}
+        return {"name": path.stem, "path": str(path), "sha256": weights_sha256(path)}
     return {"name": path.name, "path": str(path), "sha256": weights_sha256(check_folder(path))}
-
-
-def weights_sha256(folder: Path) -> str:
-    """sha256 of a model folder's weights; for sharded weights, of the shards' names and hashes."""
-    single = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
-    if single is not None:
-        return file_sha256(single)
-    shards = sorted(folder.glob("model-*.safetensors")) or sorted(folder.glob("pytorch_model-*.bin"))
-    if not shards:
-        raise ModelError(f"no weights in {folder} (model.safetensors or shards)")
-    h = hashlib.sha256()
-    for shard in shards:
-        h.update(f"{shard.name}:{file_sha256(shard)}\n".encode())
-    return h.hexdigest()
 
 
 def tiny_llama(folder: Path, tokenizer_from: Path, layers: int = 2, hidden: int = 64, heads: int = 4,
@@ -186,63 +163,6 @@ def _tokenizer(source: Path):
     return AutoTokenizer.from_pretrained(str(source))
 
 
-# -- writing folders atomically -------------------------------------------------------------
-@contextmanager
-def staged(final: Path, replace: bool = False) -> Iterator[Path]:
-    """A fresh hidden sibling folder of ``final`` to write into. When the block ends without
-    error it is renamed to ``final`` (one ``os.replace``); when it raises it is removed. A killed
-    writer leaves only the hidden ``.tmp-*`` folder, which the next writer of ``final`` deletes.
-    With ``replace``, an existing ``final`` is swapped out and removed; without, a non-empty
-    ``final`` makes the rename fail (``OSError``)."""
-    tmp = new_staging(final)
-    try:
-        yield tmp
-        move_into_place(tmp, final, replace)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def new_staging(final: Path) -> Path:
-    """An empty ``.tmp-<name>-<pid>-<random>`` folder beside ``final`` (same file system, so the
-    rename is atomic); leftovers of dead processes for the same ``final`` are removed first."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for old in final.parent.glob(f".tmp-{final.name}-*"):
-        pid = old.name[len(f".tmp-{final.name}-"):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    return tmp
-
-
-def move_into_place(tmp: Path, final: Path, replace: bool = False) -> None:
-    """Rename ``tmp`` to ``final``; with ``replace``, an existing ``final`` is moved aside first
-    and deleted after (put back if the rename fails)."""
-    if not (replace and final.exists()):
-        os.replace(tmp, final)
-        return
-    old = new_staging(final)
-    os.replace(final, old / final.name)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        os.replace(old / final.name, final)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def quiet() -> None:
     """No transformers progress bars or info logs, and no PEFT deprecation noise, in our output."""
     import warnings
@@ -252,6 +172,3 @@ def quiet() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-
