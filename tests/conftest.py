@@ -1,8 +1,11 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,36 @@ def gsm8k_like(n: int) -> list[dict]:
                                f"Then {a + b} x {c} = <<{a + b}*{c}={total}>>{total}.\n#### {total}",
                      "final_answer": str(total)})
     return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """llama.cpp's own OpenAI-compatible server with the bundled GGUF on loopback, for the session: its /v1 URL."""
+    port = free_port()
+    from ragtune.models.bundled import smollm2_gguf
+
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/models", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("llama_cpp.server exited at start-up")
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start in 90 s")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)

@@ -2,12 +2,7 @@
 OpenAI server with the bundled GGUF, and small servers that misbehave on purpose."""
 
 import json
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,42 +10,11 @@ import pytest
 from ragtune import Workspace
 from ragtune.config import GenerateConfig
 from ragtune.errors import GeneratorError
-from ragtune.models.bundled import smollm2_gguf
 from ragtune.generate.openai import OpenAIGenerator
-from tests.conftest import HANDBOOK, run_cli
+from tests.conftest import HANDBOOK, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "The observatory was founded in 1931 by Cornelius Vantreight.\n\nWho founded the observatory?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(base + "/models", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("llama_cpp.server exited at start-up")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not start in 90 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 def gen(base_url, **kw):

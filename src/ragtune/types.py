@@ -60,7 +60,9 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: a chunk with its rank, score and provenance."""
+    """One search result: a chunk with its rank, score and provenance. ``score`` is the ranking's
+    own (cosine, BM25 or fused); ``similarity`` is the chunk's cosine similarity to the query
+    whatever the mode, when the store knows it (the chain abstains on it)."""
 
     rank: int
     score: float
@@ -74,6 +76,7 @@ class Hit:
     end: int
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

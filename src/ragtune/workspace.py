@@ -66,9 +66,9 @@ class Workspace:
     @property
     def store(self):
         if self._store is None:
-            from ragtune.store.lancedb import LanceStore
+            from ragtune.store import open_store
 
-            self._store = LanceStore(self.root / self.config.store.path)
+            self._store = open_store(self.config.store.backend, self.root / self.config.store.path)
         return self._store
 
     @property
@@ -101,15 +101,17 @@ class Workspace:
         return report
 
     def search(self, query: str, k: int | None = None, mode: str | None = None,
-               filters: list[str] | dict[str, str] | None = None) -> list[Hit]:
-        """Ranked chunks for ``query``; ``k``/``mode`` default to [retrieve] in ragtune.toml."""
-        from ragtune.retrieve import parse_filters, retrieve
+               filters: list[str] | dict[str, str] | None = None, similarity: bool = False) -> list[Hit]:
+        """Ranked chunks for ``query``; ``k``/``mode`` default to [retrieve] in ragtune.toml.
+        ``similarity``: every hit gets its cosine similarity to the query (dense hits always do)."""
+        from ragtune.retrieve import retrieve
+        from ragtune.store import parse_filters
 
         r = self.config.retrieve
         self.store.check(self.embedder.model_id)
-        return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, where=parse_filters(filters),
+        return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, filters=parse_filters(filters),
                         candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight,
-                        memo=self.rankings)
+                        memo=self.rankings, similarity=similarity)
 
     @property
     def generator(self):
@@ -132,7 +134,7 @@ class Workspace:
         return AnswerStream(run(self, question, k=k, mode=mode, filters=filters, history=history))
 
     def stats(self) -> IndexStats:
-        return IndexStats(**self.store.stats())
+        return self.store.stats()
 
     def rebuild(self, progress=None) -> IngestReport:
         """Drop the index and ingest everything again with the current settings (embeddings come from the cache)."""

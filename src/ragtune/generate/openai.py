@@ -70,7 +70,10 @@ class OpenAIGenerator(Generator):
         return self.last
 
     def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
-        prompt_tokens = completion_tokens = 0
+        """Server-sent events. Usage comes from the last event when the server honours
+        ``stream_options.include_usage``; otherwise (llama.cpp's server) the completion counts one
+        token per content event, as servers send them, and the prompt is estimated."""
+        prompt_tokens = completion_tokens = deltas = 0
         with self._open(messages, True, max_tokens) as response:
             for raw in response:
                 line = raw.decode("utf-8", "replace").strip()
@@ -86,8 +89,9 @@ class OpenAIGenerator(Generator):
                 for choice in event.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
+                        deltas += 1
                         yield piece
-        self._usage = (prompt_tokens, completion_tokens)
+        self._usage = (prompt_tokens or self.count_tokens(self.format(messages)), completion_tokens or deltas)
 
     def _complete(self, messages: Messages, max_tokens: int) -> tuple[str, tuple[int, int]]:
         with self._open(messages, False, max_tokens) as response:

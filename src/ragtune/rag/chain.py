@@ -25,8 +25,8 @@ def run(ws, question: str, *, k: int | None = None, mode: str | None = None, fil
     t_load = time.perf_counter()
     generator = ws.generator  # loaded once per process; reported apart from the answer's own time
     t0 = time.perf_counter()
-    hits = ws.search(question, k=k, mode=mode, filters=filters)
-    sims = ws.store.similarities(ws.embedder.embed_query(question), [h.chunk_id for h in hits]) if hits else []
+    hits = ws.search(question, k=k, mode=mode, filters=filters, similarity=True)
+    sims = [h.similarity for h in hits if h.similarity is not None]
     t_retrieve = time.perf_counter() - t0
     timings = {"load_s": t0 - t_load, "retrieve_s": t_retrieve}
     if not hits or (sims and max(sims) < cfg.rag.min_similarity):

@@ -1,74 +1,36 @@
-"""Retrieval: dense, BM25 and hybrid (reciprocal-rank fusion), with metadata filters.
+"""Retrieval: dense, BM25 and hybrid (reciprocal-rank fusion), with filters (``store.Filter``).
 
-``retrieve(store, embedder, query, ...)`` returns ranked ``Hit``s. Fusion is at chunk level:
-score = sum over retrievers of weight / (rrf_k + rank).
+``retrieve(store, embedder, query, ...)`` returns ranked ``Hit``s; dense hits carry their
+cosine similarity to the query, and with ``similarity=True`` every hit does (the chain abstains on it). Fusion is at chunk level: score = sum over
+retrievers of weight / (rrf_k + rank).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 import typing
 
 from ragtune.config import RetrieveMode
 from ragtune.errors import ConfigError
-from ragtune.store.lancedb import sql_str
+from ragtune.store import Filter, Store
 from ragtune.types import Hit
 
 MODES: tuple[str, ...] = typing.get_args(RetrieveMode)
-COLUMN_FILTERS = {"source": "string", "doc_id": "string", "title": "string", "heading": "string", "page": "int"}
 
 
-def parse_filters(items: list[str] | dict[str, str] | None) -> str | None:
-    """``["source=docs/*.md", "lang=en"]`` -> a SQL predicate for the store.
-
-    Keys are chunk columns (source, doc_id, title, heading, page) or metadata fields (``meta.KEY``
-    or a bare KEY that is not a column). ``*`` in a value is a wildcard.
-    """
-    if not items:
-        return None
-    pairs = list(items.items()) if isinstance(items, dict) else [_split(i) for i in items]
-    return " AND ".join(_predicate(k, str(v)) for k, v in pairs)
-
-
-def _split(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--filter {item!r} must look like KEY=VALUE (keys: {', '.join(COLUMN_FILTERS)} or meta.FIELD)")
-    return key.strip(), value.strip()
-
-
-def _predicate(key: str, value: str) -> str:
-    if key in COLUMN_FILTERS:
-        if COLUMN_FILTERS[key] == "int":
-            if not value.isdigit():
-                raise ConfigError(f"--filter {key}={value!r}: {key} must be a whole number")
-            return f"{key} = {int(value)}"
-        if "*" in value:
-            return f"{key} LIKE {sql_str(value.replace('*', '%'))}"
-        return f"{key} = {sql_str(value)}"
-    field = key.removeprefix("meta.")
-    if not field.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"--filter {key!r}: metadata field names are letters, digits, '_' and '-'")
-    # metadata is stored as JSON with sorted keys and ", "/": " separators: match the encoded pair
-    as_string = json.dumps({field: value})[1:-1]
-    patterns = [as_string]
-    if value.lstrip("-").replace(".", "", 1).isdigit() or value in ("true", "false"):
-        patterns.append(f"{json.dumps(field)}: {value}")
-    likes = " OR ".join(f"metadata LIKE {sql_str('%' + p + '%')}" for p in patterns)
-    return f"({likes})"
-
-
-def rrf(rankings: list[list[tuple[dict, float]]], weights: list[float], rrf_k: int) -> list[tuple[dict, float]]:
-    """Reciprocal-rank fusion of several rankings of rows (matched by row id)."""
+def rrf(rankings: list[list[Hit]], weights: list[float], rrf_k: int) -> list[Hit]:
+    """Reciprocal-rank fusion of several rankings of the same chunks (matched by chunk id): the
+    fused hits, best first, with the fused score (ranks are set by the caller)."""
     scores: dict[str, float] = {}
-    rows: dict[str, dict] = {}
+    hits: dict[str, Hit] = {}
     for ranking, w in zip(rankings, weights):
-        for rank, (row, _) in enumerate(ranking, start=1):
-            scores[row["id"]] = scores.get(row["id"], 0.0) + w / (rrf_k + rank)
-            rows.setdefault(row["id"], row)
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + w / (rrf_k + rank)
+            if hits.get(hit.chunk_id) is None or hits[hit.chunk_id].similarity is None:
+                hits[hit.chunk_id] = hit  # keep the copy that knows its similarity
     order = sorted(scores, key=lambda i: (-scores[i], i))
-    return [(rows[i], scores[i]) for i in order]
+    return [dataclasses.replace(hits[i], score=scores[i]) for i in order]
 
 
 class RankingMemo:
@@ -96,22 +58,31 @@ class RankingMemo:
         return ranking[:n]
 
 
-def retrieve(store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", where: str | None = None,
+def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", filters: tuple[Filter, ...] = (),
              candidates: int = 50, rrf_k: int = 60, dense_weight: float = 1.0, bm25_weight: float = 1.0,
-             memo: RankingMemo | None = None) -> list[Hit]:
+             memo: RankingMemo | None = None, similarity: bool = False) -> list[Hit]:
+    """The top ``k`` chunks for ``query``. Dense hits know their cosine similarity; with
+    ``similarity`` every hit gets it (a keyword-only query is then embedded too)."""
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not valid; choose one of: {', '.join(MODES)}")
     if not query.strip():
         raise ConfigError("the query is empty: give some words to search for")
     store.pin()  # one committed version for the whole search
+    vector = None
 
-    def dense(n: int) -> list[tuple[dict, float]]:
-        search = lambda depth: store.dense(embedder.embed_query(query), depth, where)  # noqa: E731
-        return memo.get((id(store), store.pinned_version, "dense", query, where), n, search) if memo else search(n)
+    def embedded():
+        nonlocal vector
+        if vector is None:
+            vector = embedder.embed_query(query)
+        return vector
 
-    def bm25(n: int) -> list[tuple[dict, float]]:
-        search = lambda depth: store.bm25(query, depth, where)  # noqa: E731
-        return memo.get((id(store), store.pinned_version, "bm25", query, where), n, search) if memo else search(n)
+    def dense(n: int) -> list[Hit]:
+        search = lambda depth: store.dense(embedded(), depth, filters)  # noqa: E731
+        return memo.get((id(store), store.pinned_version, "dense", query, filters), n, search) if memo else search(n)
+
+    def bm25(n: int) -> list[Hit]:
+        search = lambda depth: store.bm25(query, depth, filters)  # noqa: E731
+        return memo.get((id(store), store.pinned_version, "bm25", query, filters), n, search) if memo else search(n)
 
     if mode == "dense":
         ranked = dense(k)
@@ -120,10 +91,9 @@ def retrieve(store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", w
     else:
         n = max(k, candidates)
         ranked = rrf([dense(n), bm25(n)], [dense_weight, bm25_weight], rrf_k)
-    return [_hit(rank, row, score) for rank, (row, score) in enumerate(ranked[:k], start=1)]
-
-
-def _hit(rank: int, row: dict, score: float) -> Hit:
-    return Hit(rank=rank, score=float(score), chunk_id=row["id"], doc_id=row["doc_id"], source=row["source"],
-               title=row["title"], heading=row["heading"], page=row["page"], start=row["start"], end=row["end"],
-               text=row["text"], metadata=json.loads(row["metadata"] or "{}"))
+    hits = [dataclasses.replace(h, rank=rank) for rank, h in enumerate(ranked[:k], start=1)]
+    unknown = [h.chunk_id for h in hits if h.similarity is None]
+    if similarity and unknown:  # keyword hits: their similarity from the store's vectors
+        sims = store.similarities(embedded(), unknown)
+        hits = [h if h.similarity is not None else dataclasses.replace(h, similarity=sims.get(h.chunk_id)) for h in hits]
+    return hits

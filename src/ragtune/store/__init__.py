@@ -1,1 +1,124 @@
-"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default."""
+"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default.
+
+A backend implements ``Store`` (below) and passes the conformance suite in
+``tests/store/test_store_conformance.py``; adding one is a module and an entry in ``BACKENDS``.
+Filters reach a store as data (``Filter``), and each backend compiles them into its own query
+language, so nothing above the store knows LanceDB's SQL.
+
+    >>> parse_filters(["source=docs/*.md", "page=3", "lang=en"])  # doctest: +NORMALIZE_WHITESPACE
+    (Filter(key='source', value='docs/*.md'), Filter(key='page', value='3'), Filter(key='meta.lang', value='en'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from ragtune.errors import ConfigError
+from ragtune.types import Chunk, Hit, IndexStats
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Chunk columns a filter can name, with their type; any other key is a metadata field.
+COLUMN_FILTERS = {"source": "string", "doc_id": "string", "title": "string", "heading": "string", "page": "int"}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One condition on chunks, all of which must hold: ``key`` is a column of ``COLUMN_FILTERS`` or
+    ``meta.FIELD``; ``value`` matches exactly, or with ``*`` wildcards (string columns)."""
+
+    key: str
+    value: str
+
+    @property
+    def column(self) -> str | None:
+        return None if self.key.startswith("meta.") else self.key
+
+    @property
+    def field(self) -> str:
+        return self.key.removeprefix("meta.")
+
+
+def parse_filters(items: list[str] | dict[str, str] | None) -> tuple[Filter, ...]:
+    """``["source=docs/*.md", "lang=en"]`` (or a dict) -> ``Filter``s, checked. A bare key that
+    is not a column is a metadata field."""
+    pairs = list(items.items()) if isinstance(items, dict) else [_split(i) for i in items or []]
+    return tuple(_filter(k, str(v)) for k, v in pairs)
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--filter {item!r} must look like KEY=VALUE (keys: {', '.join(COLUMN_FILTERS)} or meta.FIELD)")
+    return key.strip(), value.strip()
+
+
+def _filter(key: str, value: str) -> Filter:
+    if key in COLUMN_FILTERS:
+        if COLUMN_FILTERS[key] == "int" and not value.isdigit():
+            raise ConfigError(f"--filter {key}={value!r}: {key} must be a whole number")
+        return Filter(key, value)
+    field = key.removeprefix("meta.")
+    if not field.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"--filter {key!r}: metadata field names are letters, digits, '_' and '-'")
+    return Filter(f"meta.{field}", value)
+
+
+class Store(Protocol):
+    """What the rest of ragtune asks of a store. Writes are atomic per call; reads see one
+    committed version (``pin``) for the whole of a search."""
+
+    path: Path
+
+    # identity: which embedding model the vectors come from
+    def exists(self) -> bool: ...
+    def ensure(self, model: str, model_id: str, dim: int) -> None:
+        """Create an empty index for this embedder, or check that the existing one was built with it."""
+    def check(self, model_id: str) -> None:
+        """``IndexMismatchError`` unless the index was built with ``model_id`` in this format."""
+    def drop(self) -> None: ...
+
+    # writing
+    def file_keys(self) -> dict[str, str]:
+        """{source: file key} of everything committed."""
+    def commit(self, files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray, replace_sources: set[str]) -> int:
+        """Add the chunks of ``files`` ((source, file key, chunks); ``vectors`` in the same order)
+        and remove the old chunks of ``replace_sources``, in one atomic commit; the new version."""
+    def delete_sources(self, sources: list[str]) -> int: ...
+    def finalize(self) -> int:
+        """Bring the keyword index up to date after a batch of commits; the version."""
+
+    # reading
+    def version(self) -> int: ...
+    @property
+    def pinned_version(self) -> int | None: ...
+    def pin(self) -> None:
+        """Read the latest committed version from now on (until the next ``pin``)."""
+    def dense(self, vector: np.ndarray, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
+        """The ``n`` chunks nearest to ``vector`` (cosine; ``score`` = ``similarity``), best first."""
+    def bm25(self, query: str, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
+        """The ``n`` best keyword matches (``score`` = BM25), best first."""
+    def similarities(self, vector: np.ndarray, chunk_ids: list[str]) -> dict[str, float]:
+        """Cosine similarity of ``vector`` to each of the chunks (those still in the pinned version)."""
+    def rows(self, columns: list[str]) -> list[dict[str, Any]]:
+        """Every committed chunk, only ``columns``."""
+    def stats(self) -> IndexStats: ...
+
+
+def _lancedb(path: Path) -> Store:
+    from ragtune.store.lancedb import LanceStore
+
+    return LanceStore(path)
+
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {"lancedb": _lancedb}
+
+
+def open_store(backend: str, path: Path) -> Store:
+    """The store ``backend`` (``[store] backend``) at ``path``; nothing is read until it is used."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown store backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[backend](path)

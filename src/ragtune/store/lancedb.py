@@ -7,7 +7,8 @@ file is either fully in the index at its new content or still at its old one.
 
 Searches pin the latest committed version for their whole duration; dense search runs on an
 in-memory copy of that version's vectors (exact dot product, well under a millisecond for
-tens of thousands of chunks), BM25 on Lance's inverted index.
+tens of thousands of chunks), BM25 on Lance's inverted index. Filters (``store.Filter``) are
+compiled into Lance's SQL here (``where``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 
 from ragtune.errors import IndexMismatchError, WorkspaceError
 from ragtune.files import write_json
-from ragtune.types import Chunk
+from ragtune.store import Filter
+from ragtune.types import Chunk, Hit, IndexStats
 
 FORMAT_VERSION = 1
 TABLE = "chunks"
@@ -45,6 +47,26 @@ def schema(dim: int):
 
 def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def where(filters: tuple[Filter, ...]) -> str | None:
+    """The SQL predicate of ``filters`` (all must hold), or None for no filter."""
+    return " AND ".join(_predicate(f) for f in filters) or None
+
+
+def _predicate(f: Filter) -> str:
+    if f.column == "page":
+        return f"page = {int(f.value)}"
+    if f.column is not None:
+        if "*" in f.value:
+            return f"{f.column} LIKE {sql_str(f.value.replace('*', '%'))}"
+        return f"{f.column} = {sql_str(f.value)}"
+    # metadata is stored as JSON with sorted keys and ", "/": " separators: match the encoded pair
+    patterns = [json.dumps({f.field: f.value})[1:-1]]
+    if f.value.lstrip("-").replace(".", "", 1).isdigit() or f.value in ("true", "false"):
+        patterns.append(f"{json.dumps(f.field)}: {f.value}")
+    likes = " OR ".join(f"metadata LIKE {sql_str('%' + p + '%')}" for p in patterns)
+    return f"({likes})"
 
 
 class LanceStore:
@@ -197,28 +219,28 @@ class LanceStore:
             self._rows = data.drop_columns(["vector"]).combine_chunks()  # one chunk: take() is fast
             self._position = {chunk_id: i for i, chunk_id in enumerate(self._rows["id"].to_pylist())}
 
-    def dense(self, vector: np.ndarray, n: int, where: str | None = None) -> list[tuple[dict, float]]:
+    def dense(self, vector: np.ndarray, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
         if self._view is None:
             self.pin()
-        if self._matrix is not None and where is None:
+        if self._matrix is not None and not filters:
             scores = self._matrix @ vector
             n = min(n, len(scores))
             top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
             top = top[np.argsort(-scores[top], kind="stable")]
             rows = self._rows.take(top).to_pylist()
-            return [(r, float(scores[i])) for r, i in zip(rows, top)]
+            return [_hit(r, rank, float(scores[i]), float(scores[i])) for rank, (r, i) in enumerate(zip(rows, top), 1)]
         q = self._view.search(vector, vector_column_name="vector").distance_type("cosine").limit(n).select([*HIT_COLUMNS, "_distance"])
-        if where:
-            q = q.where(where, prefilter=True)
-        return [(r, 1.0 - r.pop("_distance")) for r in q.to_list()]
+        if filters:
+            q = q.where(where(filters), prefilter=True)
+        return [_hit(r, rank, 1.0 - r["_distance"], 1.0 - r["_distance"]) for rank, r in enumerate(q.to_list(), 1)]
 
-    def similarities(self, vector: np.ndarray, chunk_ids: list[str]) -> list[float] | None:
-        """Cosine similarity of ``vector`` to each chunk (None when vectors are not held in memory)."""
+    def similarities(self, vector: np.ndarray, chunk_ids: list[str]) -> dict[str, float]:
+        """Cosine similarity of ``vector`` to each chunk; empty when the vectors are not held in memory."""
         if self._position is None:
-            return None
-        return [float(self._matrix[self._position[i]] @ vector) for i in chunk_ids if i in self._position]
+            return {}
+        return {i: float(self._matrix[self._position[i]] @ vector) for i in chunk_ids if i in self._position}
 
-    def bm25(self, query: str, n: int, where: str | None = None) -> list[tuple[dict, float]]:
+    def bm25(self, query: str, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
         if self._view is None:
             self.pin()
         if not self._fts:
@@ -227,35 +249,41 @@ class LanceStore:
             raise WorkspaceError("the keyword (BM25) index is missing because the last ingest stopped early: "
                                  "rerun `ragtune ingest`, or search with --mode dense")
         q = self._view.search(query, query_type="fts", fts_columns=FTS_COLUMN).limit(n)
-        if where:
-            q = q.where(where, prefilter=True)
+        if filters:
+            q = q.where(where(filters), prefilter=True)
         if self._position is None:
-            return [(r, r.pop("_score")) for r in q.select([*HIT_COLUMNS, "_score"]).to_list()]
+            return [_hit(r, rank, r["_score"]) for rank, r in enumerate(q.select([*HIT_COLUMNS, "_score"]).to_list(), 1)]
         found = q.select(["id", "_score"]).to_arrow()  # rows come from the in-memory copy: half the time
         import pyarrow as pa
 
         positions = pa.array([self._position[i] for i in found["id"].to_pylist()], pa.int64())
         rows = self._rows.take(positions).to_pylist()
-        return list(zip(rows, found["_score"].to_pylist()))
+        return [_hit(r, rank, s) for rank, (r, s) in enumerate(zip(rows, found["_score"].to_pylist()), 1)]
 
     def rows(self, columns: list[str]) -> list[dict[str, Any]]:
         """Every committed chunk, only ``columns`` (no vectors unless asked for)."""
         self.require_meta()
         return _scan(self.table(), columns).to_pylist()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> IndexStats:
         meta = self.require_meta()
         t = self.table()
         cols = _scan(t, ["doc_id", "source"])
-        return {"documents": len(set(zip(cols["source"].to_pylist(), cols["doc_id"].to_pylist()))),
-                "sources": len(set(cols["source"].to_pylist())), "chunks": cols.num_rows,
-                "model": meta["embed_model"], "model_id": meta["model_id"], "dim": meta["dim"],
-                "index_version": t.version, "format_version": meta["format_version"], "path": str(self.path)}
+        return IndexStats(documents=len(set(zip(cols["source"].to_pylist(), cols["doc_id"].to_pylist()))),
+                          sources=len(set(cols["source"].to_pylist())), chunks=cols.num_rows,
+                          model=meta["embed_model"], model_id=meta["model_id"], dim=meta["dim"],
+                          index_version=t.version, format_version=meta["format_version"], path=str(self.path))
 
 
 def _scan(table, columns: list[str]):
     """All rows of ``table`` (at its checked-out version), only ``columns``."""
     return table.search().select(columns).limit(None).to_arrow()
+
+
+def _hit(row: dict[str, Any], rank: int, score: float, similarity: float | None = None) -> Hit:
+    return Hit(rank=rank, score=float(score), chunk_id=row["id"], doc_id=row["doc_id"], source=row["source"],
+               title=row["title"], heading=row["heading"], page=row["page"], start=row["start"], end=row["end"],
+               text=row["text"], metadata=json.loads(row["metadata"] or "{}"), similarity=similarity)
 
 
 def chunk_id(source: str, file_key: str, index: int) -> str:
