@@ -162,9 +162,9 @@ def peer(python: str, beir: Path, work: Path) -> dict:
 
 
 def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    from ragtune.doctor import cpu_flags, cpu_model
+
+    model, flags = cpu_model(), cpu_flags()
     return {"nproc": os.cpu_count(), "cpu_model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "python": platform.python_version(), "platform": platform.platform(),
             "loadavg_at_start": os.getloadavg()}  # another busy process on the cores skews every timing

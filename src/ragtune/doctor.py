@@ -73,19 +73,20 @@ def rebuild_fix() -> str:
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux: /proc/cpuinfo); empty where they cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    return set(_cpuinfo("flags").split())
 
 
 def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo ("" where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine()
-    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), platform.machine())
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.split(":")[0].strip() == field), "")
 
 
 def parse_system_info(info: str) -> set[str]:
@@ -139,15 +140,11 @@ def environment_checks() -> list[Check]:
 
 def library_checks() -> list[Check]:
     """Each library ragtune requires (core and the ``generate`` extra) with the version installed."""
-    from packaging.requirements import Requirement
-
-    try:
-        requires = metadata.requires("ragtune") or []
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    requires = _requirements()
+    if requires is None:  # run from a source tree that was never installed
         return [Check("libraries", "ragtune", "not installed as a package", "no metadata to check against", INSTALL)]
     checks, seen = [], set()
-    for text in requires:
-        req = Requirement(text)
+    for req in requires:
         extra = next((e for e in EXTRAS if req.marker and req.marker.evaluate({"extra": e})), None)
         if (req.marker and extra is None) or req.name.lower() in seen:
             continue
@@ -289,14 +286,20 @@ def _death(code: int, stderr: str) -> str:
     return f"exited with {code}: {tail[-1] if tail else 'no message'}"
 
 
-def _pinned(dist: str) -> str | None:
-    """The exact version ragtune's metadata pins ``dist`` to (``==``), if any."""
+def _requirements() -> list | None:
+    """ragtune's requirements as ``packaging`` ``Requirement``s (None when it is not installed)."""
+    from packaging.requirements import Requirement
+
     try:
-        requires = metadata.requires("ragtune") or []
+        return [Requirement(text) for text in metadata.requires("ragtune") or []]
     except metadata.PackageNotFoundError:
         return None
-    return next((r.split("==", 1)[1].split(";")[0].strip() for r in requires
-                 if r.split("[")[0].split("=")[0].strip().lower() == dist and "==" in r), None)
+
+
+def _pinned(dist: str) -> str | None:
+    """The exact version ragtune's metadata pins ``dist`` to (``==``), if any."""
+    return next((s.version for r in _requirements() or [] if r.name.lower() == dist
+                 for s in r.specifier if s.operator == "=="), None)
 
 
 def _version(dist: str) -> str | None:
@@ -331,9 +334,9 @@ def _child_llama(generate: bool) -> None:
     import llama_cpp
 
     lib = Path(llama_cpp.__file__).parent / "lib"
-    variants = sorted(p.name[len("libggml-cpu-"):].split(".so")[0] for p in lib.glob("libggml-cpu-*.so*"))
+    variants = {p.name[len("libggml-cpu-"):].split(".so")[0] for p in lib.glob("libggml-cpu-*.so*")}
     _emit({"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode(),
-           "lib": str(lib), "variants": sorted(set(variants))})
+           "lib": str(lib), "variants": sorted(variants)})
     if not generate:
         return
     from ragtune.config import GenerateConfig

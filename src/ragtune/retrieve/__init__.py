@@ -34,7 +34,7 @@ def rrf(rankings: list[list[Hit]], weights: list[float], rrf_k: int) -> list[Hit
 
 
 class RankingMemo:
-    """Dense and BM25 rankings already computed, per (index version, query, filter), at least
+    """Dense and BM25 rankings (``Hit`` lists) already computed, per (index version, query, filters), at least
     ``depth`` deep. Runs that differ only in k, mode or fusion settings reuse them instead of
     searching again (sweeps); a smaller k is a prefix of a deeper ranking.
 
@@ -47,7 +47,7 @@ class RankingMemo:
         self.saved_s = 0.0
         self._rankings: dict[tuple, tuple[int, list, float]] = {}
 
-    def get(self, key: tuple, n: int, search) -> list[tuple[dict, float]]:
+    def get(self, key: tuple, n: int, search) -> list[Hit]:
         depth, ranking, took = self._rankings.get(key, (0, [], 0.0))
         if depth < n:
             depth, t = max(n, self.depth), time.perf_counter()
@@ -68,16 +68,9 @@ def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hyb
     if not query.strip():
         raise ConfigError("the query is empty: give some words to search for")
     store.pin()  # one committed version for the whole search
-    vector = None
 
-    def embedded():
-        nonlocal vector
-        if vector is None:
-            vector = embedder.embed_query(query)
-        return vector
-
-    def dense(n: int) -> list[Hit]:
-        search = lambda depth: store.dense(embedded(), depth, filters)  # noqa: E731
+    def dense(n: int) -> list[Hit]:  # embed_query remembers the vector: one embedding per query
+        search = lambda depth: store.dense(embedder.embed_query(query), depth, filters)  # noqa: E731
         return memo.get((id(store), store.pinned_version, "dense", query, filters), n, search) if memo else search(n)
 
     def bm25(n: int) -> list[Hit]:
@@ -94,6 +87,6 @@ def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hyb
     hits = [dataclasses.replace(h, rank=rank) for rank, h in enumerate(ranked[:k], start=1)]
     unknown = [h.chunk_id for h in hits if h.similarity is None]
     if similarity and unknown:  # keyword hits: their similarity from the store's vectors
-        sims = store.similarities(embedded(), unknown)
+        sims = store.similarities(embedder.embed_query(query), unknown)
         hits = [h if h.similarity is not None else dataclasses.replace(h, similarity=sims.get(h.chunk_id)) for h in hits]
     return hits
