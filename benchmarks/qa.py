@@ -27,7 +27,7 @@ from rich.table import Table
 import ragtune
 from common import save_results, utc_stamp
 from ragtune.evaluate.qa import from_squad, squad_contexts
-from ragtune.evaluate.qa_eval import evaluate_qa
+from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
 
 console = Console()
 
@@ -78,7 +78,8 @@ def main() -> None:
     res["recall_at_k"] = recall_at_k(ws, items, args.k)
     for arm in ("rag", "closed-book"):
         console.print(f"arm {arm}")
-        result = evaluate_qa(ws, items, arm=arm, k=args.k, mode=args.mode, judge=ws.generator if args.judge else None)
+        result = evaluate_qa(items, workspace_answerer(ws, arm, k=args.k, mode=args.mode),
+                             judge=ws.generator if args.judge else None).to_dict()
         res[arm] = result["metrics"]
         if args.judge:
             res[arm]["judge_agreement_with_contains"] = judge_agreement(result["predictions"])

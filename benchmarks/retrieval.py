@@ -74,7 +74,7 @@ def ragtune_backend(beir: Path, split: str, backend: str, work: Path, peak: dict
     tokens0 = embedder.tokens_seen
     out: dict = {"modes": {}}
     for mode in MODES:
-        r = evaluate_beir(beir, split, mode=mode, k=100, workspace=parent)
+        r = evaluate_beir(beir, split, mode=mode, k=100, workspace=parent).to_dict()
         if mode == MODES[0]:
             tokens = embedder.tokens_seen - tokens0
             s = r["timings"]["ingest_s"]

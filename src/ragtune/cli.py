@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ragtune.errors import RagtuneError
+from ragtune.progress import RichProgress
 
 app = typer.Typer(help="RAG or fine-tuning? Build, measure and improve both, offline.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -70,7 +72,7 @@ def ingest(paths: Annotated[Optional[list[Path]], typer.Argument(help="Files or 
     if include or exclude:
         ws.config = ws.config.override("ingest", include=include or None,
                                        exclude=(ws.config.ingest.exclude + exclude) if exclude else None)
-    with _RichProgress() as progress:
+    with RichProgress() as progress:
         report = ws.ingest(paths, progress=progress)
     _print_report(report)
     if report.errors:
@@ -135,15 +137,15 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
         workspace: WorkspaceOpt = None) -> None:
     """Answer a question from the indexed documents, citing its sources."""
     ws = _rag_workspace(workspace, generator, model)
-    answer = _answer(ws, question, stream and not as_json, k=k, mode=mode, filters=filter)
+    answer = _answer(ws.stream(question, k=k, mode=mode, filters=filter), stream and not as_json)
     if as_json:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
     print_answer(answer, _console(), show_prompt, printed=stream)
 
 
-def _answer(ws, question: str, stream: bool, history=None, **kwargs):
-    s = ws.stream(question, history=history, **kwargs)
+def _answer(s, stream: bool):
+    """Read an ``AnswerStream`` to its end (printing the text as it comes with ``stream``); the ``Answer``."""
     for piece in s:
         if stream:
             print(piece, end="", flush=True)
@@ -183,25 +185,24 @@ def print_answer(answer, console, show_prompt: bool = False, printed: bool = Fal
 def chat(k: Annotated[Optional[int], typer.Option("-k", "--top-k", help="Chunks retrieved per turn.", show_default=False)] = None,
          mode: ModeOpt = None, generator: GenOpt = None, model: ModelOpt = None, workspace: WorkspaceOpt = None) -> None:
     """Multi-turn questions; follow-ups are rewritten into standalone queries before retrieval. Ctrl-D ends."""
-    from ragtune.rag.chain import standalone_question
+    from ragtune.rag.chain import Conversation
 
-    ws = _rag_workspace(workspace, generator, model)
+    conversation = Conversation(_rag_workspace(workspace, generator, model).chain())
     c = _console()
-    history: list[dict[str, str]] = []
     c.print("[dim]Ask a question (empty line or Ctrl-D to end).[/]")
-    while True:
-        try:
-            question = input("you> ").strip()
-        except EOFError:
-            break
-        if not question:
-            break
-        query = standalone_question(ws, history, question)
-        if query != question:
-            c.print(f"[dim]searching for: {query}[/]")
-        answer = _answer(ws, query, stream=True, k=k, mode=mode, history=history[-4:])
-        print_answer(answer, c, printed=True)
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+    while question := _read("you> "):
+        s = conversation.stream(question, k=k, mode=mode)
+        if s.query != question:
+            c.print(f"[dim]searching for: {s.query}[/]")
+        print_answer(_answer(s, stream=True), c, printed=True)
+
+
+def _read(prompt: str) -> str:
+    """A line typed by the user; "" at the end of input."""
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        return ""
 
 
 @index_app.command("stats")
@@ -223,7 +224,7 @@ def index_stats(as_json: Annotated[bool, typer.Option("--json", help="Print as J
 def index_rebuild(workspace: WorkspaceOpt = None) -> None:
     """Drop the index and ingest every recorded path again with the current settings."""
     ws = _workspace(workspace)
-    with _RichProgress() as progress:
+    with RichProgress() as progress:
         report = ws.rebuild(progress=progress)
     _print_report(report)
 
@@ -250,19 +251,17 @@ def eval_retrieval(beir: Annotated[Path, typer.Option("--beir", help="BEIR folde
     """nDCG@10, Recall@100 and MRR@10 on a BEIR dataset, with ingest and query timings."""
     from ragtune.evaluate.retrieval import evaluate_beir
 
-    with _RichProgress() as progress:
+    with RichProgress() as progress:
         result = evaluate_beir(beir, split=split, mode=mode, k=k, scratch=scratch, workspace=workspace, progress=progress)
     c = _console()
-    c.print(f"[bold]{result['dataset']}[/] ({result['split']}, {result['queries']} queries, mode {result['mode']}, "
-            f"{result['documents']} docs in {result['chunks']} chunks)")
-    for name, value in result["metrics"].items():
+    c.print(f"[bold]{result.dataset}[/] ({result.split}, {result.queries} queries, mode {result.mode}, "
+            f"{result.documents} docs in {result.chunks} chunks)")
+    for name, value in result.metrics.items():
         c.print(f"  {name:>10}: {value:.4f}")
-    t = result["timings"]
+    t = result.timings
     c.print(f"  ingest {t['ingest_s']:.1f}s · query p50 {t['query_p50_ms']:.1f} ms · p95 {t['query_p95_ms']:.1f} ms · p99 {t['query_p99_ms']:.1f} ms")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
-        c.print(f"  wrote {json_out}")
+        _write_json(json_out, result.to_dict(), c)
 
 
 @eval_app.command("qa")
@@ -277,48 +276,33 @@ def eval_qa(qa: Annotated[Path, typer.Option("--qa", help="QA JSONL file (id, qu
             workspace: WorkspaceOpt = None) -> None:
     """Answer a question set and score EM/F1/contains, evidence recall, citations, groundedness, latency."""
     from ragtune.evaluate.qa import load_qa
-    from ragtune.evaluate.qa_eval import evaluate_qa
-    from ragtune.experiment.sweep import now
+    from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
+    from ragtune.experiment.tracking import track_eval
 
     items = load_qa(qa)[:limit]
     ws = _rag_workspace(workspace, generator, model)
     ws.config = ws.config.override("retrieve", k=k, mode=mode)
-    started = now()
-    with _RichProgress() as progress:
-        result = evaluate_qa(ws, items, arm=arm, progress=progress, judge=ws.generator if judge else None)
+    with RichProgress() as progress:
+        result = evaluate_qa(items, workspace_answerer(ws, arm), progress=progress, judge=ws.generator if judge else None)
     c = _console()
-    c.print(f"[bold]{qa.name}[/] · {result['questions']} questions · arm {arm}" + (f" · {result['generator']}" if result["generator"] else ""))
-    _print_metrics(result["metrics"], c)
+    c.print(f"[bold]{qa.name}[/] · {result.questions} questions · arm {arm}" + (f" · {result.generator}" if result.generator else ""))
+    _print_metrics(result.metrics, c)
     if track:
-        run = _record(ws, qa, result, started, limit)
+        run = track_eval(ws, qa, result, limit)
         c.print(f"  run {run.id} · {run.path}")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
-        c.print(f"  wrote {json_out}")
+        _write_json(json_out, result.to_dict(), c)
+
+
+def _write_json(path: Path, data, c) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    c.print(f"  wrote {path}")
 
 
 def _print_metrics(metrics: dict, c) -> None:
     for name, value in metrics.items():
         c.print(f"  {name:>24}: {value:.4f}" if isinstance(value, float) else f"  {name:>24}: {value}")
-
-
-def _record(ws, qa: Path, result: dict, started: str, limit: Optional[int]):
-    """An `eval qa` result as a run folder (id: settings hash + time) and in MLflow."""
-    import hashlib
-
-    from ragtune.experiment.runs import RUNS_DIR
-    from ragtune.experiment.sweep import record_run, run_id
-    from ragtune.experiment.tracking import tracker_for
-    from ragtune.files import sha256_file
-
-    settings = run_id(ws.config, sha256_file(qa), result["arm"], limit or 0, bool(result.get("judge")))
-    rid = hashlib.sha1(f"{settings}@{started}".encode()).hexdigest()[:12]  # every eval is its own run
-    run = record_run(ws, ws.state_dir / RUNS_DIR / rid, f"{qa.stem}:{result['arm']}", result, qa, started)
-    tracker = tracker_for(ws)
-    if tracker:
-        tracker.log(run, ws.config.experiment.experiment)
-    return run
 
 
 @experiment_app.command("run")
@@ -335,8 +319,8 @@ def experiment_run(sweep_file: Annotated[Path, typer.Argument(help="Sweep TOML: 
         for p in plan(ws, sweep):
             c.print(f"{p.id}  {p.name}")
         return
-    with _RichProgress() as progress:
-        result = run_sweep(ws, sweep, force=force, progress=progress, log=lambda line: progress.bar.console.print(line))
+    with RichProgress() as progress:
+        result = run_sweep(ws, sweep, force=force, progress=progress, log=progress.log)
     _print_runs([o.run for o in result.outcomes], c)
 
 
@@ -389,27 +373,20 @@ def runs_compare(a: Annotated[str, typer.Argument(help="Baseline run: id, id pre
     """Two runs side by side: metrics with deltas, the settings that differ, per-question wins and losses."""
     from rich.table import Table
 
-    from ragtune.experiment.report import compare, per_question_kind, pick_metric, quality_candidates
+    from ragtune.experiment.compare import compare_runs
     from ragtune.experiment.runs import RUNS_DIR, find_run
-    from ragtune.experiment.tracking import flatten
 
     runs_dir = _workspace(workspace).state_dir / RUNS_DIR
-    ra, rb = find_run(runs_dir, a), find_run(runs_dir, b)
+    d = compare_runs(find_run(runs_dir, a), find_run(runs_dir, b))
     c = _console()
-    table = Table("metric", ra.id, rb.id, "delta")
-    for name in dict.fromkeys([*(ra.metrics or {}), *(rb.metrics or {})]):
-        va, vb = (ra.metrics or {}).get(name), (rb.metrics or {}).get(name)
-        delta = f"{vb - va:+.4f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else "–"
-        table.add_row(name, _fmt(va), _fmt(vb), delta)
+    table = Table("metric", d.base.id, d.other.id, "delta")
+    for name, va, vb, delta in d.metrics:
+        table.add_row(name, _fmt(va), _fmt(vb), "–" if delta is None else f"{delta:+.4f}")
     c.print(table)
-    ca, cb = flatten(ra.info.get("config", {})), flatten(rb.info.get("config", {}))
-    for key in sorted(set(ca) | set(cb)):
-        if ca.get(key) != cb.get(key):
-            c.print(f"  {key}: {ca.get(key)!r} → {cb.get(key)!r}")
-    kind = per_question_kind([ra, rb], pick_metric([ra, rb], quality_candidates([ra, rb])))
-    result = compare(ra, rb, kind)
-    c.print(f"{len(result.diffs)} questions scored by {kind}: {rb.id} wins {len(result.wins)}, "
-            f"loses {len(result.losses)}, ties {result.ties}")
+    for key, va, vb in d.settings:
+        c.print(f"  {key}: {va!r} → {vb!r}")
+    q = d.questions
+    c.print(f"{len(q.diffs)} questions scored by {d.kind}: {d.other.id} wins {len(q.wins)}, loses {len(q.losses)}, ties {q.ties}")
 
 
 @app.command()
@@ -470,10 +447,10 @@ def data_synth_qa(out: Annotated[Path, typer.Option("--out", "-o", help="QA JSON
     from ragtune.evaluate.synth import synth_qa
 
     ws = _rag_workspace(workspace, generator, model)
-    with _RichProgress() as progress:
+    with RichProgress() as progress:
         if docs:
             ws.ingest(docs, progress=progress)
-        items, stats = synth_qa(ws, ws.generator, n, seed=seed, progress=progress)
+        items, stats = synth_qa(ws.store, ws.generator, n, seed=seed, progress=progress)
     write_qa(items, out)
     c = _console()
     c.print(f"wrote {len(items)} questions to {out} ({ws.generator.name}) · " + " · ".join(f"{k} {v}" for k, v in stats.items()))
@@ -503,7 +480,7 @@ def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, or d
     ws = _workspace(workspace)
     cfg = ws.config.train
     prepared = prepare(ws.root, path, cfg, prompt_field, completion_field)  # what `finetune sft` checks, all of it
-    _console().print(f"{path}: {len(prepared['train'])} train + {len(prepared['eval'])} eval examples (\\[train] eval_fraction "
+    _console().print(f"{path}: {len(prepared.train)} train + {len(prepared.eval)} eval examples (\\[train] eval_fraction "
                      f"{cfg.eval_fraction}), all within max_length {cfg.max_length} for {cfg.base} — OK")
 
 
@@ -518,13 +495,14 @@ def data_qa_to_sft(qa: Annotated[Path, typer.Argument(help="QA JSONL file.")],
     from ragtune.train.data import from_qa, write_examples
 
     c = _console()
-    ws = _workspace(workspace) if k else None
-    n = write_examples(from_qa(load_qa(qa), ws, k, system, log=c.print), out)
+    chain = _workspace(workspace).chain() if k else None
+    n = write_examples(from_qa(load_qa(qa), chain, k, system, log=c.print), out)
     c.print(f"wrote {n} demonstrations to {out}")
 
 
 @finetune_app.command("sft")
-def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstrations: JSONL with messages, or prompt/completion (or --prompt-field/--completion-field).")],
+def finetune_sft(ctx: typer.Context,
+                 data: Annotated[Path, typer.Option("--data", help="Demonstrations: JSONL with messages, or prompt/completion (or --prompt-field/--completion-field).")],
                  name: Annotated[str, typer.Option("--name", help="Register the result under this name (then: ragtune ask --model NAME).")],
                  base: Annotated[Optional[str], typer.Option("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)] = None,
                  method: Annotated[Optional[str], typer.Option("--method", help="lora | full ([train] method).", show_default=False)] = None,
@@ -550,40 +528,20 @@ def finetune_sft(data: Annotated[Path, typer.Option("--data", help="Demonstratio
 
     Every other setting is in ragtune.toml [train]. Under torchrun/accelerate launch each process
     trains on its share of every batch (gloo on CPU, nccl on GPUs)."""
+    from ragtune.config import TrainConfig
     from ragtune.experiment.tracking import training_tracker
+    from ragtune.train.distributed import init_distributed
     from ragtune.train.finetune import finetune
 
     ws = _workspace(workspace)
-    cfg = ws.config.override("train", base=base, method=method, epochs=epochs, learning_rate=learning_rate, schedule=schedule,
-                             batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lora_r=lora_r,
-                             lora_alpha=lora_alpha, eval_fraction=eval_fraction, early_stopping=early_stopping, seed=seed).train
-    rank = _init_distributed()
-    with _RichProgress() as progress:
-        bar = progress.task("steps", None) if rank == 0 else None
-
-        def on_step(record: dict) -> None:
-            if bar is not None:
-                progress.bar.update(bar, total=record["total_steps"], completed=record["step"], note=f"loss {record['loss']:.3f} · {record['tokens_per_s']:.0f} tok/s · epoch {record['epoch']:.2f}")
-
+    cfg = ws.config.override("train", **{f.name: ctx.params[f.name] for f in fields(TrainConfig) if f.name in ctx.params}).train
+    lead = init_distributed() == 0  # under torchrun only rank 0 draws, logs and prints
+    with RichProgress() as progress:
         folder = finetune(ws.root, name, data, cfg, resume=resume, restart=restart, overwrite=overwrite, prompt_field=prompt_field,
-                          completion_field=completion_field, system=system, on_step=on_step, track=training_tracker(ws),
-                          log=(lambda line: progress.bar.console.print(line)) if rank == 0 else (lambda line: None))
-    if rank == 0:
+                          completion_field=completion_field, system=system, on_step=progress.on_step if lead else None,
+                          track=training_tracker(ws), log=progress.log if lead else (lambda line: None))
+    if lead:
         _print_card(folder.name, ws, _console())
-
-
-def _init_distributed() -> int:
-    """Join the process group when started by torchrun / accelerate launch; this process's rank."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank()
 
 
 @models_app.command("list")
@@ -664,30 +622,30 @@ def doctor(quick: Annotated[bool, typer.Option("--quick", help="Skip the smoke t
            as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False) -> None:
     """Check this installation: Python, library versions, CPU, how llama.cpp was built, the bundled
     models, and a smoke test of each model. Paste its output into a bug report."""
-    from rich.markup import escape
-
     from ragtune.doctor import as_json as checks_json, diagnose
 
     c = _console()
     if not as_json and not quick:
         _console(stderr=True).print("running the smoke tests (a few seconds; --quick skips them) ...")
     checks = diagnose(smoke=not quick)
-    problems = [ch for ch in checks if ch.problem]
-    if as_json:
-        print(checks_json(checks))
-    else:
-        section = None
-        for ch in checks:
-            if ch.section != section:
-                section = ch.section
-                c.print(f"[bold]{section}[/]")
-            mark = "[red]✗[/]" if ch.problem else "[green]✓[/]"
-            c.print(f"  {mark} {escape(ch.name)}: {escape(ch.detail)}", soft_wrap=True)
-            if ch.problem:
-                c.print(f"      [red]problem:[/] {escape(ch.problem)}\n      [bold]fix:[/] {escape(ch.fix)}", soft_wrap=True)
-        c.print(f"[red]{len(problems)} problem(s)[/]" if problems else "[green]no problems found[/]")
-    if problems:
+    print(checks_json(checks)) if as_json else _print_checks(checks, c)
+    if any(ch.problem for ch in checks):
         raise typer.Exit(1)
+
+
+def _print_checks(checks, c) -> None:
+    from rich.markup import escape
+
+    section = None
+    for ch in checks:
+        if ch.section != section:
+            section = ch.section
+            c.print(f"[bold]{section}[/]")
+        c.print(f"  {'[red]✗[/]' if ch.problem else '[green]✓[/]'} {escape(ch.name)}: {escape(ch.detail)}", soft_wrap=True)
+        if ch.problem:
+            c.print(f"      [red]problem:[/] {escape(ch.problem)}\n      [bold]fix:[/] {escape(ch.fix)}", soft_wrap=True)
+    problems = sum(bool(ch.problem) for ch in checks)
+    c.print(f"[red]{problems} problem(s)[/]" if problems else "[green]no problems found[/]")
 
 
 @app.callback(invoke_without_command=True)
@@ -697,42 +655,6 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
         print(f"ragtune {__version__}")
         raise typer.Exit()
-
-
-class _RichProgress:
-    """Progress bars for ingest: files loaded and chunks embedded."""
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
-                            console=_console(stderr=True), transient=False)
-        self.bar.__enter__()
-        self.files = self.chunks = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def start(self, files: int) -> None:
-        self.files = self.bar.add_task("files", total=files, note="")
-        self.chunks = self.bar.add_task("chunks", total=0, note="")
-
-    def file_done(self, source: str, chunks: int) -> None:
-        self.bar.update(self.files, advance=1, note=source[-40:])
-        task = self.bar.tasks[self.chunks]
-        self.bar.update(self.chunks, total=(task.total or 0) + chunks)
-
-    def embedded(self, n: int) -> None:
-        self.bar.update(self.chunks, advance=n)
-
-    # evaluation uses the same bar for queries
-    def task(self, name: str, total: int):
-        return self.bar.add_task(name, total=total, note="")
-
-    def advance(self, task, n: int = 1) -> None:
-        self.bar.update(task, advance=n)
 
 
 def _print_report(report) -> None:

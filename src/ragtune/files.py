@@ -1,8 +1,9 @@
 """Small file helpers every stage uses: atomic JSON writes and folders, file and weights hashes,
-the per-user cache folder, timestamps, versions. Standard library only (imported by light modules)."""
+the per-user cache folder, JSONL reading, timestamps, versions. Standard library only (imported by light modules)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from ragtune.errors import DatasetError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a model folder's single weights file
 
@@ -144,3 +147,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_jsonl(path: Path, strict: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for every non-blank line of a .jsonl or .jsonl.gz file. A line that
+    is not JSON raises ``DatasetError`` with ``strict``; else it gives a ``ValueError`` naming the
+    line in place of its value, so callers can list every bad line. A file that cannot be read as
+    UTF-8 text raises ``DatasetError``."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield n, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        if strict:
+                            raise DatasetError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove that line") from None
+                        yield n, ValueError(f"line {n}: not valid JSON ({e.msg})")
+    except (OSError, UnicodeDecodeError, EOFError) as e:  # a bad gzip stream, a binary file
+        raise DatasetError(f"{path}: cannot be read as UTF-8 JSONL ({e}); give a .jsonl or .jsonl.gz file") from None

@@ -1,7 +1,9 @@
 """A workspace is a folder with ``ragtune.toml`` and a ``.ragtune/`` state folder holding the
 index, the embedding cache and (later) models, runs and feedback.
 
-``Workspace`` is the Python API; every CLI command is a thin call into it.
+``Workspace`` is the Python API and a façade: it assembles components (store, embedder,
+``Retriever``, generator, ``Chain``) from ``ragtune.toml`` and hands them to code that knows no
+workspace. Every CLI command is a thin call into it.
 """
 
 from __future__ import annotations
@@ -37,15 +39,14 @@ class Workspace:
         self.config = config or Config.load(self.root / CONFIG_FILE)
         self._store = None
         self._cache = None
-        self.rankings = None  # a RankingMemo while a sweep reuses rankings across runs
 
     def with_config(self, config: Config) -> "Workspace":
-        """The same workspace under other settings, sharing the opened store, cache and rankings
-        (the caller keeps the index settings the same, or points ``[store] path`` elsewhere)."""
+        """The same workspace under other settings, sharing the opened store (when ``[store] path``
+        is the same) and the embedding cache."""
         other = Workspace(self.root, config)
         if config.store.path == self.config.store.path:
             other._store = self._store
-        other._cache, other.rankings = self._cache, self.rankings
+        other._cache = self._cache
         return other
 
     @classmethod
@@ -100,18 +101,18 @@ class Workspace:
         self._save_roots(roots + [str(p) for p in paths if p.exists() and str(p) not in roots])
         return report
 
+    @property
+    def retriever(self):
+        """A ``Retriever`` over this workspace's index with its [retrieve] settings."""
+        from ragtune.retrieve import Retriever
+
+        return Retriever(self.store, self.embedder, self.config.retrieve)
+
     def search(self, query: str, k: int | None = None, mode: str | None = None,
                filters: list[str] | dict[str, str] | None = None, similarity: bool = False) -> list[Hit]:
         """Ranked chunks for ``query``; ``k``/``mode`` default to [retrieve] in ragtune.toml.
         ``similarity``: every hit gets its cosine similarity to the query (dense hits always do)."""
-        from ragtune.retrieve import retrieve
-        from ragtune.store import parse_filters
-
-        r = self.config.retrieve
-        self.store.check(self.embedder.model_id)
-        return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, filters=parse_filters(filters),
-                        candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight,
-                        memo=self.rankings, similarity=similarity)
+        return self.retriever.search(query, k=k, mode=mode, filters=filters, similarity=similarity)
 
     @property
     def generator(self):
@@ -119,19 +120,34 @@ class Workspace:
 
         return get_generator(self.config.generate, self.root)
 
+    def chain(self, retriever=None):
+        """The RAG ``Chain`` under the current settings (``retriever``: another one, e.g. a sweep's)."""
+        import time
+
+        from ragtune.rag.chain import Chain
+        from ragtune.rag.prompt import load_template
+
+        t = time.perf_counter()
+        generator = self.generator  # loaded once per process; reported apart from the answer's own time
+        load_s = time.perf_counter() - t
+        return Chain(retriever or self.retriever, generator, self.config.rag,
+                     load_template(self.config.rag.template, self.root), load_s=load_s)
+
     def ask(self, question: str, k: int | None = None, mode: str | None = None,
             filters: list[str] | dict[str, str] | None = None, history: list[dict[str, str]] | None = None):
         """Retrieve, augment, generate: an ``Answer`` with citations, the exact prompt, usage and timings."""
-        from ragtune.rag.chain import ask
+        from ragtune.rag.chain import require_question
 
-        return ask(self, question, k=k, mode=mode, filters=filters, history=history)
+        require_question(question)  # before any model is loaded
+        return self.chain().ask(question, k=k, mode=mode, filters=filters, history=history)
 
     def stream(self, question: str, k: int | None = None, mode: str | None = None,
                filters: list[str] | dict[str, str] | None = None, history: list[dict[str, str]] | None = None):
         """Like ``ask`` but iterate for text as it is generated; ``.answer`` is set at the end."""
-        from ragtune.rag.chain import AnswerStream, run
+        from ragtune.rag.chain import require_question
 
-        return AnswerStream(run(self, question, k=k, mode=mode, filters=filters, history=history))
+        require_question(question)
+        return self.chain().stream(question, k=k, mode=mode, filters=filters, history=history)
 
     def stats(self) -> IndexStats:
         return self.store.stats()

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.errors import DatasetError
+from ragtune.files import read_jsonl
 
 
 @dataclass
@@ -54,15 +54,11 @@ def _read_queries(path: Path, wanted: set[str]) -> dict[str, str]:
     if not path.exists():
         raise DatasetError(f"{path} is missing")
     queries = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                qid, text = str(row["_id"]), row["text"]
-            except (ValueError, KeyError, TypeError):
-                raise DatasetError(f"{path}:{n}: expected a JSON object with '_id' and 'text'") from None
-            if qid in wanted:
-                queries[qid] = text
+    for n, row in read_jsonl(path):
+        try:
+            qid, text = str(row["_id"]), row["text"]
+        except (KeyError, TypeError):
+            raise DatasetError(f"{path}:{n}: expected a JSON object with '_id' and 'text'") from None
+        if qid in wanted:
+            queries[qid] = text
     return queries

@@ -20,11 +20,14 @@ def recall(ranked: Sequence[str], rels: Mapping[str, int], k: int) -> float:
     return len(relevant.intersection(ranked[:k])) / len(relevant) if relevant else 0.0
 
 
+def first_relevant_rank(ranked: Sequence[str], rels: Mapping[str, int]) -> int | None:
+    """The 1-based rank of the first relevant item, or None."""
+    return next((i for i, d in enumerate(ranked, start=1) if rels.get(d, 0) > 0), None)
+
+
 def mrr(ranked: Sequence[str], rels: Mapping[str, int], k: int) -> float:
-    for i, d in enumerate(ranked[:k]):
-        if rels.get(d, 0) > 0:
-            return 1.0 / (i + 1)
-    return 0.0
+    rank = first_relevant_rank(ranked[:k], rels)
+    return 1.0 / rank if rank else 0.0
 
 
 METRICS = {"ndcg@10": (ndcg, 10), "recall@100": (recall, 100), "mrr@10": (mrr, 10), "recall@10": (recall, 10)}

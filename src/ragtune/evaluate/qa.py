@@ -12,12 +12,12 @@ it is scored on its evidence; graded relevance, when known, is in ``metadata["qr
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from ragtune.errors import DatasetError
+from ragtune.files import read_jsonl
 from ragtune.types import QAItem
 
 MAX_ERRORS = 10
@@ -29,23 +29,18 @@ def load_qa(path: Path) -> list[QAItem]:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file (a QA JSONL file: one {{\"id\", \"question\", \"answers\"}} object per line)")
     items, errors, seen = [], [], set()
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = _item(json.loads(line), n)
-            except json.JSONDecodeError as e:
-                errors.append(f"line {n}: not valid JSON ({e.msg})")
-                continue
-            except ValueError as e:
-                errors.append(str(e))
-                continue
-            if item.id in seen:
-                errors.append(f"line {n}: duplicate id {item.id!r}")
-            seen.add(item.id)
-            items.append(item)
+    for n, row in read_jsonl(path):
+        try:
+            if isinstance(row, ValueError):
+                raise row
+            item = _item(row, n)
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        if item.id in seen:
+            errors.append(f"line {n}: duplicate id {item.id!r}")
+        seen.add(item.id)
+        items.append(item)
     if errors:
         more = f" (and {len(errors) - MAX_ERRORS} more)" if len(errors) > MAX_ERRORS else ""
         raise DatasetError(f"{path}: {len(errors)} bad row(s){more}:\n  " + "\n  ".join(errors[:MAX_ERRORS]))
@@ -100,8 +95,7 @@ def from_squad(source: Path) -> list[QAItem]:
         questions = source / "questions.jsonl.gz"
         if not questions.exists():
             raise DatasetError(f"{source} has no questions.jsonl.gz (expected the SQuAD split folder)")
-        with gzip.open(questions, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = [r for _, r in read_jsonl(questions, strict=True)]
         return [QAItem(r["id"], r["question"], _dedupe(a["text"] for a in r["answers"]), [r["context_id"]], r["context"],
                        {"title": r["title"]}) for r in rows]
     try:
@@ -135,9 +129,8 @@ def from_beir(folder: Path, split: str = "test") -> list[QAItem]:
 def squad_contexts(source: Path, out: Path) -> int:
     """The SQuAD split folder's paragraphs as an ingestable JSONL (``id``, ``title``, ``text``)."""
     n = 0
-    with gzip.open(Path(source) / "contexts.jsonl.gz", "rt", encoding="utf-8") as f, open(out, "w", encoding="utf-8") as o:
-        for line in f:
-            r = json.loads(line)
+    with open(out, "w", encoding="utf-8") as o:
+        for _, r in read_jsonl(Path(source) / "contexts.jsonl.gz", strict=True):
             o.write(json.dumps({"id": r["context_id"], "title": r["title"], "text": r["context"]}, ensure_ascii=False) + "\n")
             n += 1
     return n

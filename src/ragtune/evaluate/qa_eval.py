@@ -4,6 +4,9 @@ chunks and answer, so a failure can be inspected.
 
 Arms: ``rag`` (retrieve, augment, generate), ``closed-book`` (the generator alone) and
 ``retrieval`` (evidence metrics only, no generation: fast, for retrieval sweeps and BEIR sets).
+An arm is an answering function, ``Answerer``: a question in, a ``Prediction`` out, built from
+components (``rag_arm(chain)``, ``closed_book_arm(generator)``, ``retrieval_arm(retriever)``);
+``evaluate_qa(items, answerer)`` runs any of them and returns an ``EvalResult``.
 
 A gold doc id matches a retrieved chunk's ``doc_id`` exactly or as its trailing path
 (``history.html`` matches ``docs/history.html``), so a question set need not know where the
@@ -15,15 +18,19 @@ from ``metadata["qrels"]`` when given, else 1 per gold document).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import typing
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from ragtune.errors import ConfigError
 from ragtune.evaluate.answers import abstained, best, contains, exact_match, f1, groundedness, normalize_answer
-from ragtune.evaluate.metrics import ndcg
+from ragtune.evaluate.metrics import first_relevant_rank, ndcg
+from ragtune.files import utc_now
+from ragtune.progress import Quiet
 from ragtune.types import Answer, Hit, QAItem
 
 Arm = Literal["rag", "closed-book", "retrieval"]
@@ -31,77 +38,211 @@ ARMS: tuple[str, ...] = typing.get_args(Arm)
 CLOSED_BOOK = "Answer the question briefly and directly. If you do not know, say that you don't know."
 
 
-def evaluate_qa(ws, items: list[QAItem], arm: str = "rag", k: int | None = None, mode: str | None = None,
-                progress=None, judge=None) -> dict[str, Any]:
+@dataclass
+class Prediction:
+    """One question answered by one arm: the answer and its scores, the exact prompt, the retrieved
+    chunks, usage and timings. Fields an arm does not produce stay None (and out of ``to_dict``)."""
+
+    id: str
+    question: str
+    answers: list[str]
+    prediction: str | None = None  # None: the retrieval arm generates nothing
+    abstained: bool | None = None
+    em: float | None = None
+    f1: float | None = None
+    contains: float | None = None
+    prompt: str | None = None
+    retrieved: list[dict[str, Any]] | None = None
+    gold_rank: int | None = None  # rank of the first chunk of a gold document (None: not retrieved)
+    ndcg: float | None = None  # set when the question has gold doc ids
+    citations: list[int] | None = None
+    citation_method: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    citation_precision: float | None = None
+    groundedness: float | None = None
+    judge: dict[str, Any] | None = None
+
+    @property
+    def has_gold_docs(self) -> bool:
+        return self.ndcg is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row of ``predictions.jsonl``; ``gold_rank`` is kept (null = not retrieved) for questions with gold docs."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None or (k == "gold_rank" and self.has_gold_docs)}
+
+
+@dataclass
+class EvalResult:
+    arm: str
+    questions: int
+    generator: str | None  # None for the retrieval arm
+    k: int | None
+    mode: str | None  # None for the closed-book arm
+    judge: str | None
+    metrics: dict[str, Any]
+    predictions: list[Prediction]
+    started: str = ""  # UTC time the evaluation began (milliseconds: runs of a sweep sort in order)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "predictions"},
+                "predictions": [p.to_dict() for p in self.predictions]}
+
+
+@dataclass
+class Answerer:
+    """One arm as an answering function: ``answerer(item) -> Prediction``, plus what it is."""
+
+    arm: str
+    answer: Callable[[QAItem], Prediction]
+    k: int | None = None
+    mode: str | None = None
+    generator: str | None = None
+    warm_up: Callable[[], Any] | None = None  # loads the index and models before the timed questions
+
+    def __call__(self, item: QAItem) -> Prediction:
+        return self.answer(item)
+
+
+def evaluate_qa(items: list[QAItem], answerer: Answerer, progress=None, judge=None) -> EvalResult:
     """Answer and score every item; with ``judge`` (a generator) every answer is also graded by it
     (``evaluate.judge``: strict verdicts, parse failures counted in the metrics)."""
-    if arm not in ARMS:
-        raise ConfigError(f"--arm {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
-    from ragtune.ingest.pipeline import Quiet
-
-    answer = {"rag": _rag, "closed-book": _closed_book, "retrieval": _retrieval}[arm]
-    k, mode = k or ws.config.retrieve.k, mode or ws.config.retrieve.mode
+    started = utc_now("milliseconds")
     progress = progress or Quiet()
-    task = progress.task(f"{arm} {'searches' if arm == 'retrieval' else 'answers'}", len(items))
-    if arm != "closed-book" and items:
-        ws.search("warm-up: load the index and the embedder", k=k, mode=mode)  # not timed
+    task = progress.task(f"{answerer.arm} {'searches' if answerer.arm == 'retrieval' else 'answers'}", len(items))
+    if answerer.warm_up and items:
+        answerer.warm_up()  # not timed
     predictions = []
     for item in items:
-        memo, saved = ws.rankings, ws.rankings.saved_s if ws.rankings else 0.0
-        row = answer(ws, item, k, mode)
-        if memo and memo.saved_s > saved:  # rankings reused from another run: charge their measured cost
-            _charge(row["timings"], memo.saved_s - saved)
-        predictions.append(row)
+        predictions.append(answerer(item))
         progress.advance(task)
     metrics = aggregate(predictions)
-    if judge is not None and arm != "retrieval":
+    if judge is not None and answerer.arm != "retrieval":
         metrics.update(_judge_all(judge, items, predictions, progress))
-    return {"arm": arm, "questions": len(items), "generator": None if arm == "retrieval" else ws.generator.name,
-            "k": k, "mode": None if arm == "closed-book" else mode, "judge": getattr(judge, "name", None),
-            "metrics": metrics, "predictions": predictions}
+    return EvalResult(answerer.arm, len(items), answerer.generator, answerer.k, answerer.mode, getattr(judge, "name", None),
+                      metrics, predictions, started)
 
 
-def _judge_all(generator, items: list[QAItem], predictions: list[dict[str, Any]], progress) -> dict[str, Any]:
-    """Grade every answered question that has reference answers; stores each verdict in its row."""
+def answerer(arm: str, *, retriever=None, generator=None, chain=None, k: int | None = None, mode: str | None = None) -> Answerer:
+    """The ``Answerer`` of ``arm`` from the components it needs (rag: ``chain``; closed-book:
+    ``generator``; retrieval: ``retriever``); ``k``/``mode`` default to the retriever's settings."""
+    if arm not in ARMS:
+        raise ConfigError(f"--arm {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
+    if arm == "closed-book":
+        return closed_book_arm(generator)
+    retriever = retriever or chain.retriever
+    k, mode = k or retriever.config.k, mode or retriever.config.mode
+    return rag_arm(chain, k, mode) if arm == "rag" else retrieval_arm(retriever, k, mode)
+
+
+def workspace_answerer(ws, arm: str, k: int | None = None, mode: str | None = None, retriever=None) -> Answerer:
+    """``answerer`` with the components a workspace assembles from its settings (``retriever``: another
+    one over the same settings, e.g. a sweep's with a shared ranking memo)."""
+    if arm not in ARMS:
+        raise ConfigError(f"--arm {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
+    if arm == "closed-book":
+        return answerer(arm, generator=ws.generator)
+    retriever = retriever or ws.retriever
+    return answerer(arm, retriever=retriever, chain=ws.chain(retriever) if arm == "rag" else None, k=k, mode=mode)
+
+
+def retrieval_arm(retriever, k: int, mode: str) -> Answerer:
+    def answer(item: QAItem) -> Prediction:
+        t = time.perf_counter()
+        hits = retriever.search(item.question, k=k, mode=mode)
+        took = time.perf_counter() - t
+        return Prediction(item.id, item.question, item.answers, **_evidence(item, hits, k),
+                          timings={"retrieve_s": took, "total_s": took})
+
+    return Answerer("retrieval", _charged(retriever, answer), k, mode, None, _warm_up(retriever, k, mode))
+
+
+def closed_book_arm(generator) -> Answerer:
+    def answer(item: QAItem) -> Prediction:
+        messages = [{"role": "system", "content": CLOSED_BOOK}, {"role": "user", "content": item.question}]
+        g = generator.generate(messages)
+        return Prediction(item.id, item.question, item.answers, **_scores(item, g.text.strip(), abstained(g.text)),
+                          prompt=g.prompt, retrieved=[],
+                          usage={"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens},
+                          timings={"generate_s": g.total_s, "total_s": g.total_s})
+
+    return Answerer("closed-book", answer, None, None, generator.name)
+
+
+def rag_arm(chain, k: int, mode: str) -> Answerer:
+    def answer(item: QAItem) -> Prediction:
+        a: Answer = chain.ask(item.question, k=k, mode=mode)
+        hits = sorted([s.hit for s in a.sources] + a.dropped, key=lambda h: h.rank)
+        p = Prediction(item.id, item.question, item.answers, **_scores(item, a.text, a.abstained or abstained(a.text)),
+                       prompt=a.prompt, **_evidence(item, hits, k), citations=a.citations,
+                       citation_method=a.citation_method, usage=a.usage, timings=a.timings)
+        cited = [s.hit for s in a.sources if s.number in a.citations]
+        if cited:
+            golds = [normalize_answer(g) for g in item.answers]
+            good = [h for h in cited if gold_doc(h.doc_id, item.doc_ids) or any(g and g in normalize_answer(h.text) for g in golds)]
+            p.citation_precision = len(good) / len(cited)
+        if not p.abstained:
+            p.groundedness = groundedness(a.text, "\n".join(s.hit.text for s in a.sources))
+        return p
+
+    return Answerer("rag", _charged(chain.retriever, answer), k, mode, chain.generator.name, _warm_up(chain.retriever, k, mode))
+
+
+def _warm_up(retriever, k: int, mode: str) -> Callable[[], Any]:
+    return lambda: retriever.search("warm-up: load the index and the embedder", k=k, mode=mode)
+
+
+def _charged(retriever, answer: Callable[[QAItem], Prediction]) -> Callable[[QAItem], Prediction]:
+    """``answer`` charging each prediction with the search time its retriever's ranking memo saved it:
+    rankings reused from another run of a sweep cost what they cost when they were computed."""
+    def charged(item: QAItem) -> Prediction:
+        saved = retriever.saved_s
+        p = answer(item)
+        if retriever.saved_s > saved:
+            p.timings["reused_s"] = retriever.saved_s - saved
+            for stage in ("retrieve_s", "total_s"):
+                if stage in p.timings:
+                    p.timings[stage] += retriever.saved_s - saved
+        return p
+
+    return charged
+
+
+def _judge_all(generator, items: list[QAItem], predictions: list[Prediction], progress) -> dict[str, Any]:
+    """Grade every answered question that has reference answers; stores each verdict in its prediction."""
     from ragtune.evaluate.judge import aggregate_judgements, judge
 
-    todo = [(item, row) for item, row in zip(items, predictions) if item.answers and not row["abstained"]]
+    todo = [(item, p) for item, p in zip(items, predictions) if item.answers and not p.abstained]
     task = progress.task("judgements", len(todo))
     judgements = []
-    for item, row in todo:
-        j = judge(generator, item.question, row["prediction"], item.answers)
-        row["judge"] = {"score": j.score, "verdict": j.verdict, "parsed": j.parsed, "raw": j.raw, "error": j.error,
-                        "prompt": j.prompt}
+    for item, p in todo:
+        j = judge(generator, item.question, p.prediction, item.answers)
+        p.judge = {"score": j.score, "verdict": j.verdict, "parsed": j.parsed, "raw": j.raw, "error": j.error, "prompt": j.prompt}
         judgements.append(j)
         progress.advance(task)
     return {k: v for k, v in aggregate_judgements(judgements).items() if v is not None}
 
 
-def _charge(timings: dict[str, float], seconds: float) -> None:
-    timings["reused_s"] = seconds
-    for stage in ("retrieve_s", "total_s"):
-        if stage in timings:
-            timings[stage] += seconds
-
-
 def _scores(item: QAItem, text: str, is_abstention: bool) -> dict[str, Any]:
-    row = {"id": item.id, "question": item.question, "answers": item.answers, "prediction": text, "abstained": is_abstention}
+    scores: dict[str, Any] = {"prediction": text, "abstained": is_abstention}
     if item.answers:
-        row.update(em=best(exact_match, text, item.answers), f1=best(f1, text, item.answers),
-                   contains=best(contains, text, item.answers))
-    return row
+        scores.update(em=best(exact_match, text, item.answers), f1=best(f1, text, item.answers),
+                      contains=best(contains, text, item.answers))
+    return scores
 
 
 def _evidence(item: QAItem, hits: list[Hit], k: int) -> dict[str, Any]:
     """The retrieved chunks, and (with gold doc ids) the gold rank and nDCG of the document ranking."""
-    row: dict[str, Any] = {"retrieved": [{"rank": h.rank, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "source": h.source}
-                                         for h in hits]}
+    evidence: dict[str, Any] = {"retrieved": [{"rank": h.rank, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "source": h.source}
+                                              for h in hits]}
     if item.doc_ids:
-        row["gold_rank"] = next((h.rank for h in hits if gold_doc(h.doc_id, item.doc_ids)), None)
-        rels = item.metadata.get("qrels") or dict.fromkeys(item.doc_ids, 1)
+        gold = dict.fromkeys(item.doc_ids, 1)
+        evidence["gold_rank"] = first_relevant_rank([gold_doc(h.doc_id, gold) or h.doc_id for h in hits], gold)
+        rels = item.metadata.get("qrels") or gold
         ranked = [gold_doc(d, rels) or d for d in dict.fromkeys(h.doc_id for h in hits)]
-        row["ndcg"] = ndcg(ranked, rels, k)
-    return row
+        evidence["ndcg"] = ndcg(ranked, rels, k)
+    return evidence
 
 
 def gold_doc(doc_id: str, gold) -> str | None:
@@ -111,59 +252,28 @@ def gold_doc(doc_id: str, gold) -> str | None:
     return next((g for g in gold if doc_id.endswith("/" + g)), None)
 
 
-def _retrieval(ws, item: QAItem, k: int, mode: str) -> dict[str, Any]:
-    t = time.perf_counter()
-    hits = ws.search(item.question, k=k, mode=mode)
-    took = time.perf_counter() - t
-    return {"id": item.id, "question": item.question, "answers": item.answers, **_evidence(item, hits, k),
-            "usage": {}, "timings": {"retrieve_s": took, "total_s": took}}
-
-
-def _closed_book(ws, item: QAItem, k: int, mode: str) -> dict[str, Any]:
-    messages = [{"role": "system", "content": CLOSED_BOOK}, {"role": "user", "content": item.question}]
-    g = ws.generator.generate(messages)
-    return {**_scores(item, g.text.strip(), abstained(g.text)), "prompt": g.prompt, "retrieved": [],
-            "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens},
-            "timings": {"generate_s": g.total_s, "total_s": g.total_s}}
-
-
-def _rag(ws, item: QAItem, k: int, mode: str) -> dict[str, Any]:
-    answer: Answer = ws.ask(item.question, k=k, mode=mode)
-    hits = sorted([s.hit for s in answer.sources] + answer.dropped, key=lambda h: h.rank)
-    row = {**_scores(item, answer.text, answer.abstained or abstained(answer.text)), "prompt": answer.prompt,
-           **_evidence(item, hits, k), "citations": answer.citations, "citation_method": answer.citation_method,
-           "usage": answer.usage, "timings": answer.timings}
-    cited = [s.hit for s in answer.sources if s.number in answer.citations]
-    if cited:
-        golds = [normalize_answer(a) for a in item.answers]
-        good = [h for h in cited if gold_doc(h.doc_id, item.doc_ids) or any(g and g in normalize_answer(h.text) for g in golds)]
-        row["citation_precision"] = len(good) / len(cited)
-    if not row["abstained"]:
-        row["groundedness"] = groundedness(answer.text, "\n".join(s.hit.text for s in answer.sources))
-    return row
-
-
-def aggregate(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(predictions: list[Prediction]) -> dict[str, Any]:
     def mean(key: str) -> float | None:
-        values = [p[key] for p in predictions if p.get(key) is not None]
+        values = [getattr(p, key) for p in predictions if getattr(p, key) is not None]
         return float(np.mean(values)) if values else None
 
     out: dict[str, Any] = {"em": mean("em"), "f1": mean("f1"), "contains": mean("contains")}
-    if any("prediction" in p for p in predictions):
-        out["abstention_rate"] = float(np.mean([p["abstained"] for p in predictions if "prediction" in p]))
-    ranked = [p for p in predictions if "gold_rank" in p]
-    if ranked:
-        out["recall@k"] = float(np.mean([p["gold_rank"] is not None for p in ranked]))
-        out["mrr@k"] = float(np.mean([1 / p["gold_rank"] if p["gold_rank"] else 0.0 for p in ranked]))
+    answered = [p for p in predictions if p.prediction is not None]
+    if answered:
+        out["abstention_rate"] = float(np.mean([p.abstained for p in answered]))
+    ranked = [p for p in predictions if p.has_gold_docs]
+    if ranked:  # recall@k: a gold chunk anywhere in the top k; mrr@k: 1 / rank of the first one
+        out["recall@k"] = float(np.mean([p.gold_rank is not None for p in ranked]))
+        out["mrr@k"] = float(np.mean([1 / p.gold_rank if p.gold_rank else 0.0 for p in ranked]))
         out["ndcg@k"] = mean("ndcg")
     out["citation_precision"] = mean("citation_precision")
     out["groundedness"] = mean("groundedness")  # lexical: share of answer content words found in the sources given
     for stage in ("retrieve_s", "generate_s", "total_s"):
-        values = [p["timings"].get(stage) for p in predictions if p["timings"].get(stage) is not None]
+        values = [p.timings.get(stage) for p in predictions if p.timings.get(stage) is not None]
         if values:
             out[f"{stage[:-2]}_p50_ms"] = float(np.percentile(values, 50) * 1000)
             out[f"{stage[:-2]}_p95_ms"] = float(np.percentile(values, 95) * 1000)
     for kind in ("prompt_tokens", "completion_tokens"):
-        if any(kind in p["usage"] for p in predictions):
-            out[f"{kind}_mean"] = float(np.mean([p["usage"].get(kind, 0) for p in predictions]))
+        if any(kind in p.usage for p in predictions):
+            out[f"{kind}_mean"] = float(np.mean([p.usage.get(kind, 0) for p in predictions]))
     return {key: value for key, value in out.items() if value is not None}

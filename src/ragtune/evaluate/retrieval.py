@@ -3,8 +3,10 @@ score the document rankings (a document ranks by its best chunk)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,29 @@ import numpy as np
 from ragtune.errors import IndexMismatchError, WorkspaceError
 from ragtune.evaluate.beir import load_beir
 from ragtune.evaluate.metrics import evaluate_run
+from ragtune.progress import Quiet
+
+
+@dataclass
+class BeirResult:
+    """A BEIR evaluation: the metrics of the document rankings and what it took to get them."""
+
+    dataset: str
+    split: str
+    mode: str
+    queries: int
+    k: int  # documents ranked per query
+    documents: int
+    chunks: int
+    model_id: str
+    chunk_tokens: int
+    chunks_per_query: int
+    metrics: dict[str, float]
+    timings: dict[str, float]  # ingest_s, chunks_embedded, query_p50/p95/p99/mean_ms
+    workspace: str  # the scratch workspace holding the corpus index
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def scratch_workspace(beir_dir: Path, scratch: Path | None, workspace: Path | None):
@@ -42,9 +67,7 @@ def scratch_workspace(beir_dir: Path, scratch: Path | None, workspace: Path | No
 
 
 def evaluate_beir(beir_dir: Path, split: str = "test", mode: str | None = None, k: int = 100,
-                  scratch: Path | None = None, workspace: Path | None = None, progress=None) -> dict[str, Any]:
-    from ragtune.ingest.pipeline import Quiet
-
+                  scratch: Path | None = None, workspace: Path | None = None, progress=None) -> BeirResult:
     progress = progress or Quiet()
     data = load_beir(beir_dir, split)
     ws = scratch_workspace(beir_dir, scratch, workspace)
@@ -60,25 +83,21 @@ def evaluate_beir(beir_dir: Path, split: str = "test", mode: str | None = None, 
     depth = max(k, 100)
     n_chunks = int(np.ceil(depth * max(stats.chunks / max(stats.documents, 1), 1.0) * 2))
     ws.config = ws.config.override("retrieve", candidates=n_chunks)
+    retriever = ws.retriever
     queries = list(data.queries.items())
-    ws.search(queries[0][1], k=n_chunks, mode=mode)  # warm-up: model and index loaded
+    retriever.search(queries[0][1], k=n_chunks, mode=mode)  # warm-up: model and index loaded
     task = progress.task("queries", len(queries))
     run: dict[str, list[str]] = {}
     latencies = []
     for qid, text in queries:
         t = time.perf_counter()
-        hits = ws.search(text, k=n_chunks, mode=mode)
+        hits = retriever.search(text, k=n_chunks, mode=mode)
         latencies.append((time.perf_counter() - t) * 1000)
         run[qid] = list(dict.fromkeys(h.doc_id for h in hits))[:depth]
         progress.advance(task)
     lat = np.array(latencies)
-    return {
-        "dataset": data.name, "split": split, "mode": mode, "queries": len(queries), "k": depth,
-        "documents": stats.documents, "chunks": stats.chunks, "model_id": stats.model_id,
-        "chunk_tokens": ws.config.ingest.chunk_tokens, "chunks_per_query": n_chunks,
-        "metrics": evaluate_run(run, data.qrels),
-        "timings": {"ingest_s": round(ingest_s, 3), "chunks_embedded": report.chunks_embedded,
-                    "query_p50_ms": float(np.percentile(lat, 50)), "query_p95_ms": float(np.percentile(lat, 95)),
-                    "query_p99_ms": float(np.percentile(lat, 99)), "query_mean_ms": float(lat.mean())},
-        "workspace": str(ws.root),
-    }
+    timings = {"ingest_s": round(ingest_s, 3), "chunks_embedded": report.chunks_embedded,
+               "query_p50_ms": float(np.percentile(lat, 50)), "query_p95_ms": float(np.percentile(lat, 95)),
+               "query_p99_ms": float(np.percentile(lat, 99)), "query_mean_ms": float(lat.mean())}
+    return BeirResult(data.name, split, mode, len(queries), depth, stats.documents, stats.chunks, stats.model_id,
+                      ws.config.ingest.chunk_tokens, n_chunks, evaluate_run(run, data.qrels), timings, str(ws.root))

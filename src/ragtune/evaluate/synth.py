@@ -32,6 +32,7 @@ from typing import Any
 
 from ragtune.errors import ConfigError, WorkspaceError
 from ragtune.evaluate.answers import groundedness
+from ragtune.progress import Quiet
 from ragtune.text import content_words, normalize
 from ragtune.types import QAItem
 
@@ -112,9 +113,9 @@ def check_pair(question: str, answer: str, passage: str, seen: set[str]) -> str:
     return "kept"
 
 
-def sample_chunks(ws, seed: int = 0) -> list[dict[str, Any]]:
+def sample_chunks(store, seed: int = 0) -> list[dict[str, Any]]:
     """The index's chunks of at least ``MIN_CHUNK_WORDS`` words, in an order fixed by ``seed``."""
-    rows = ws.store.rows(["id", "doc_id", "source", "text"])
+    rows = store.rows(["id", "doc_id", "source", "text"])
     rows = sorted((r for r in rows if len(r["text"].split()) >= MIN_CHUNK_WORDS), key=lambda r: r["id"])
     if not rows:
         raise WorkspaceError(f"the index has no chunk of {MIN_CHUNK_WORDS}+ words to write questions about: "
@@ -123,17 +124,15 @@ def sample_chunks(ws, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def synth_qa(ws, generator, n: int, seed: int = 0, progress=None) -> tuple[list[QAItem], dict[str, int]]:
-    """Up to ``n`` questions from chunks of ``ws``'s index, trying at most ``ATTEMPTS_PER_ITEM * n`` chunks.
+def synth_qa(store, generator, n: int, seed: int = 0, progress=None) -> tuple[list[QAItem], dict[str, int]]:
+    """Up to ``n`` questions from chunks of ``store``'s index, trying at most ``ATTEMPTS_PER_ITEM * n`` chunks.
 
     Each item names its source: ``doc_ids`` = [the chunk's doc_id], ``context`` = the chunk text,
     ``metadata`` = chunk_id, source, generator, synthetic. ``stats`` counts every attempt once:
     attempted = parse_failures + rejected_* + duplicates + kept."""
-    from ragtune.ingest.pipeline import Quiet
-
     if n < 1:
         raise ConfigError(f"the number of questions must be at least 1 (got {n})")
-    chunks = sample_chunks(ws, seed)[: ATTEMPTS_PER_ITEM * n]
+    chunks = sample_chunks(store, seed)[: ATTEMPTS_PER_ITEM * n]
     progress = progress or Quiet()
     task = progress.task("synthetic questions", len(chunks))
     stats = dict.fromkeys(STAT_KEYS, 0)

@@ -11,18 +11,26 @@
                        retrieved chunks, usage, timings
 
 A run is finished when ``metrics.json`` exists; sweeps skip finished runs when resumed.
+
+Provenance lives here too, for sweeps and ``eval qa`` alike: ``settings_id`` (what a run computed:
+same settings, questions, arm, limit and judging -> same id; a sweep's run id), ``eval_run_id``
+(an ``eval qa`` run: its settings id at a moment), ``environment`` (package versions, model
+identities, index version) and ``record_run``, which writes the folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ragtune.errors import WorkspaceError
-from ragtune.files import write_json
+from ragtune.files import package_version, read_jsonl, sha256_file, utc_now, write_json
 
 FORMAT_VERSION = 1
 RUNS_DIR = "runs"
@@ -39,7 +47,7 @@ class Run:
 
     @property
     def id(self) -> str:
-        return self.info["id"]
+        return str(self.info.get("id") or self.path.name)
 
     @property
     def name(self) -> str:
@@ -53,7 +61,7 @@ class Run:
     def predictions(self) -> list[dict[str, Any]]:
         if self._predictions is None:
             path = self.path / "predictions.jsonl"
-            self._predictions = [json.loads(line) for line in path.open(encoding="utf-8")] if path.exists() else []
+            self._predictions = [row for _, row in read_jsonl(path, strict=True)] if path.exists() else []
         return self._predictions
 
 
@@ -104,3 +112,65 @@ def find_run(runs_dir: Path, ref: str) -> Run:
             raise WorkspaceError(f"run {ref!r} is ambiguous: {', '.join(r.id for r in matches[:5])}; give more of the id")
     raise WorkspaceError(f"no run {ref!r} in {runs_dir}; see `ragtune runs list`")
 
+
+def settings_id(config, qa_sha: str, arm: str, limit: int, judge: bool = False) -> str:
+    """Same settings, questions, arm, limit and judging -> same id (the experiment section does not count)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "experiment"}
+    blob = json.dumps({"config": settings, "qa": qa_sha, "arm": arm, "limit": limit, **({"judge": True} if judge else {})},
+                      sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def eval_run_id(config, qa: Path, arm: str, limit: int, judge: bool, started: str) -> str:
+    """An ``eval qa`` run's id: its settings id at the moment it started (every evaluation is its own run)."""
+    settings = settings_id(config, sha256_file(qa), arm, limit, judge)
+    return hashlib.sha1(f"{settings}@{started}".encode()).hexdigest()[:12]
+
+
+def now() -> str:
+    return utc_now("milliseconds")  # runs started in the same second still sort in order
+
+
+def record_run(ws, folder: Path, name: str, result, qa: Path, *, params: dict[str, Any] | None = None,
+               sweep: str | None = None) -> Run:
+    """Write the run folder of an ``EvalResult`` obtained with ``ws``'s settings and index."""
+    info = {"id": folder.name, "name": name, "sweep": sweep, "arm": result.arm, "judge": result.judge, "status": "finished",
+            "params": params or {}, "config": dataclasses.asdict(ws.config),
+            "qa": {"path": str(qa), "sha256": sha256_file(qa), "questions": result.questions},
+            "environment": environment(ws, result.arm), "started": result.started, "finished": now()}
+    return write_run(folder, info, [p.to_dict() for p in result.predictions], result.metrics)
+
+
+PACKAGES = ("ragtune", "lancedb", "onnxruntime", "sentence-transformers", "llama-cpp-python", "transformers", "peft", "mlflow-skinny")
+
+
+def environment(ws, arm: str) -> dict[str, Any]:
+    """Package versions, model identities and the index version a run used."""
+    packages = {name: v for name in PACKAGES if (v := package_version(name))}
+    env: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
+    if arm != "closed-book":
+        meta = ws.store.require_meta()
+        env.update(embedder=meta.get("model_id"), index_path=ws.config.store.path, index_version=ws.store.pinned_version)
+    if arm != "retrieval":
+        env["generator"] = ws.generator.name
+        env["generator_sha256"] = generator_sha256(ws.config.generate, ws.root)
+    return env
+
+
+def generator_sha256(cfg, root: Path) -> str | None:
+    """The weights' sha256 of the model a ``GenerateConfig`` names (a registered model's recorded one);
+    None for a remote model or a folder layout that cannot be hashed."""
+    from ragtune.files import weights_sha256
+    from ragtune.generate import model_path
+    from ragtune.models.bundled import MODELS
+    from ragtune.models.registry import model_sha256, registered
+
+    if cfg.backend == "openai" and cfg.model not in MODELS:
+        return None  # a remote model: its name is all we know
+    path = model_path(cfg.model, root)  # a missing model is an error, not an unknown hash
+    try:
+        if registered(root, cfg.model):
+            return model_sha256(root, cfg.model)
+        return weights_sha256(path)
+    except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
+        return None

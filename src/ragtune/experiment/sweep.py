@@ -45,9 +45,9 @@ from typing import Any
 from ragtune.config import Config
 from ragtune.errors import ConfigError, WorkspaceError
 from ragtune.evaluate.qa_eval import ARMS
-from ragtune.experiment.runs import RUNS_DIR, Run, load_run, write_run
+from ragtune.experiment.runs import RUNS_DIR, Run, load_run, record_run, settings_id
 from ragtune.experiment.tracking import flatten
-from ragtune.files import package_version, sha256_file, utc_now
+from ragtune.files import sha256_file
 
 SWEEP_KEYS = {"name", "qa", "arm", "limit", "judge", "base", "grid", "runs"}
 
@@ -143,20 +143,12 @@ def plan(ws, sweep: Sweep) -> list[PlannedRun]:
         params = {k: v for k, v in variant.items() if k != "name"}
         config = apply(base, params, f"{sweep.path} run {variant.get('name') or params}")
         label = variant.get("name") or " ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
-        planned.append(PlannedRun(run_id(config, qa_sha, sweep.arm, sweep.limit, sweep.judge), f"{sweep.name}:{label}" if label else sweep.name,
+        planned.append(PlannedRun(settings_id(config, qa_sha, sweep.arm, sweep.limit, sweep.judge), f"{sweep.name}:{label}" if label else sweep.name,
                                   params, config))
     ids = [p.id for p in planned]
     if len(set(ids)) < len(ids):
         raise ConfigError(f"{sweep.path}: some runs have identical settings; remove the duplicates")
     return planned
-
-
-def run_id(config: Config, qa_sha: str, arm: str, limit: int, judge: bool = False) -> str:
-    """Same settings, questions, arm, limit and judging -> same id (the experiment section does not count)."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "experiment"}
-    blob = json.dumps({"config": settings, "qa": qa_sha, "arm": arm, "limit": limit, **({"judge": True} if judge else {})},
-                      sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def index_key(config: Config) -> str:
@@ -167,22 +159,25 @@ def index_key(config: Config) -> str:
 
 
 class Indexes:
-    """One workspace view per index: the workspace's own, or one built under ``.ragtune/indexes/``."""
+    """One retriever per index (the workspace's own, or one built under ``.ragtune/indexes/``), each
+    with a ``RankingMemo`` that every run over that index shares."""
 
     def __init__(self, ws, depth: int, progress=None, log=print) -> None:
         self.ws, self.depth, self.progress, self.log = ws, depth, progress, log
-        self.views: dict[str, Any] = {}
+        self.views: dict[str, Any] = {}  # index key -> (workspace view on that index, its retriever)
         self.ingests: dict[str, Any] = {}
 
     def for_config(self, config: Config):
+        """A workspace view with ``config`` on its index, and a retriever sharing the index's memo."""
         key = index_key(config)
         if key not in self.views:
             self.views[key] = self._open(key, config)
-        view = self.views[key]
-        return view.with_config(apply(config, {"store.path": view.config.store.path}, "sweep"))
+        view, retriever = self.views[key]
+        return (view.with_config(apply(config, {"store.path": view.config.store.path}, "sweep")),
+                retriever.configured(config.retrieve))
 
     def _open(self, key: str, config: Config):
-        from ragtune.retrieve import RankingMemo
+        from ragtune.retrieve import RankingMemo, Retriever
 
         if key == index_key(self.ws.config):
             view = self.ws.with_config(self.ws.config)
@@ -195,14 +190,13 @@ class Indexes:
             report = view.ingest(None, progress=self.progress)  # the workspace's ingested paths; cached embeddings reused
             self.ingests[key] = report
             self.log(f"index {key}: {report.chunks_written} chunks written, {report.chunks_embedded} embedded (the rest from cache)")
-        view.rankings = RankingMemo(self.depth)
-        return view
+        return view, Retriever(view.store, view.embedder, view.config.retrieve, RankingMemo(self.depth))
 
 
 def run_sweep(ws, sweep: Sweep, force: bool = False, progress=None, log=print) -> SweepResult:
     """Run every planned run not finished yet; each lands in a run folder and in MLflow."""
     from ragtune.evaluate.qa import load_qa
-    from ragtune.evaluate.qa_eval import evaluate_qa
+    from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
     from ragtune.experiment.tracking import tracker_for
 
     items = load_qa(sweep.qa)[: sweep.limit or None]
@@ -217,62 +211,13 @@ def run_sweep(ws, sweep: Sweep, force: bool = False, progress=None, log=print) -
         if (folder / "metrics.json").exists() and not force:
             run, status = load_run(folder), "skipped"
         else:
-            view = ws.with_config(p.config) if sweep.arm == "closed-book" else indexes.for_config(p.config)
-            started = now()
+            view, retriever = (ws.with_config(p.config), None) if sweep.arm == "closed-book" else indexes.for_config(p.config)
             judge = ws.generator if sweep.judge else None  # the workspace's own model grades every run alike
-            result = evaluate_qa(view, items, arm=sweep.arm, progress=progress, judge=judge)
-            run = record_run(view, folder, p.name, result, sweep.qa, started, params=p.params, sweep=sweep.name)
+            result = evaluate_qa(items, workspace_answerer(view, sweep.arm, retriever=retriever), progress=progress, judge=judge)
+            run = record_run(view, folder, p.name, result, sweep.qa, params=p.params, sweep=sweep.name)
             status = "done"
         if tracker:  # logs what an interruption left unlogged; a rerun (--force) replaces the old entry
             tracker.log(run, sweep.name, replace=status == "done")
         outcomes.append(Outcome(p, run, status, time.perf_counter() - t0))
         log(f"[{n}/{len(planned)}] {status:>7} {p.id} {p.name}")
     return SweepResult(outcomes, indexes.ingests)
-
-
-def record_run(ws, folder: Path, name: str, result: dict[str, Any], qa: Path, started: str,
-               params: dict[str, Any] | None = None, sweep: str | None = None) -> Run:
-    """Write the run folder of an ``evaluate_qa`` result obtained with ``ws``'s settings."""
-    info = {"id": folder.name, "name": name, "sweep": sweep, "arm": result["arm"], "judge": result.get("judge"), "status": "finished",
-            "params": params or {}, "config": dataclasses.asdict(ws.config),
-            "qa": {"path": str(qa), "sha256": sha256_file(qa), "questions": result["questions"]},
-            "environment": environment(ws, result["arm"]), "started": started, "finished": now()}
-    return write_run(folder, info, result["predictions"], result["metrics"])
-
-
-def environment(ws, arm: str) -> dict[str, Any]:
-    """Package versions, model identities and the index version a run used."""
-    import platform
-
-    names = ("ragtune", "lancedb", "onnxruntime", "sentence-transformers", "llama-cpp-python", "transformers", "peft", "mlflow-skinny")
-    packages = {name: v for name in names if (v := package_version(name))}
-    env: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
-    if arm != "closed-book":
-        meta = ws.store.require_meta()
-        env.update(embedder=meta.get("model_id"), index_path=ws.config.store.path, index_version=ws.store.pinned_version)
-    if arm != "retrieval":
-        env["generator"] = ws.generator.name
-        env["generator_sha256"] = generator_sha256(ws)
-    return env
-
-
-def generator_sha256(ws) -> str | None:
-    from ragtune.files import weights_sha256
-    from ragtune.generate import model_path
-    from ragtune.models.bundled import MODELS
-    from ragtune.models.registry import model_sha256, registered
-
-    cfg = ws.config.generate
-    if cfg.backend == "openai" and cfg.model not in MODELS:
-        return None  # a remote model: its name is all we know
-    path = model_path(cfg.model, ws.root)
-    try:
-        if registered(ws.root, cfg.model):
-            return model_sha256(ws.root, cfg.model)
-        return weights_sha256(path)
-    except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
-        return None
-
-
-def now() -> str:
-    return utc_now("milliseconds")  # runs started in the same second still sort in order

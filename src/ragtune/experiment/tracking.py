@@ -10,14 +10,13 @@ resumed sweep can log what an interruption left unlogged.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError
-from ragtune.experiment.runs import Run
+from ragtune.experiment.runs import RUNS_DIR, Run, eval_run_id, record_run
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -129,3 +128,13 @@ def tracker_for(ws) -> Tracker | None:
     """The workspace's tracker, or None when ``[experiment] tracking_uri = "none"``."""
     uri = ws.config.experiment.tracking_uri
     return None if uri.lower() == "none" else Tracker(uri, ws.state_dir)
+
+
+def track_eval(ws, qa: Path, result, limit: int | None = None) -> Run:
+    """An ``eval qa`` result (an ``EvalResult`` under ``ws``'s settings) as a run folder, and in MLflow."""
+    rid = eval_run_id(ws.config, qa, result.arm, limit or 0, bool(result.judge), result.started)
+    run = record_run(ws, ws.state_dir / RUNS_DIR / rid, f"{qa.stem}:{result.arm}", result, qa)
+    tracker = tracker_for(ws)
+    if tracker:
+        tracker.log(run, ws.config.experiment.experiment)
+    return run

@@ -16,35 +16,18 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from ragtune.config import IngestConfig
 from ragtune.embed.cache import EmbeddingCache, embed_cached
 from ragtune.errors import LoadError
 from ragtune.ingest.chunker import chunk_document
 from ragtune.ingest.loaders import file_type, load_file
+from ragtune.progress import Progress, Quiet
 from ragtune.types import Chunk, IngestReport, Problem
 
 LOADER_VERSION = 1  # bump when loaders or the chunker change what they produce
 EMBED_STEP = 256  # texts per embedding call (and cache write)
-
-
-class Progress(Protocol):
-    """What long-running verbs report; the CLI draws it with rich, the library default is silent."""
-
-    def start(self, files: int) -> None: ...
-    def file_done(self, source: str, chunks: int) -> None: ...
-    def embedded(self, n: int) -> None: ...
-    def task(self, name: str, total: int) -> object: ...
-    def advance(self, task: object, n: int = 1) -> None: ...
-
-
-class Quiet:
-    def start(self, files: int) -> None: ...
-    def file_done(self, source: str, chunks: int) -> None: ...
-    def embedded(self, n: int) -> None: ...
-    def task(self, name: str, total: int) -> object: ...
-    def advance(self, task: object, n: int = 1) -> None: ...
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""``ask``: retrieve the top-k chunks, pack them into the prompt within the token budget,
-generate, and return an ``Answer`` with citations, the exact prompt, usage and timings."""
+"""The RAG chain: retrieve the top-k chunks, pack them into the prompt within the token budget,
+generate, and return an ``Answer`` with citations, the exact prompt, usage and timings.
+
+``Chain`` is built from components (a retriever and a generator); it knows no workspace."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import re
 import time
 from typing import Generator as Gen
 
+from ragtune.config import RagConfig
 from ragtune.errors import ConfigError
 from ragtune.rag.prompt import load_template, pack, render
 from ragtune.text import content_words
@@ -16,42 +19,67 @@ DONT_KNOW = "I don't know: nothing in the indexed documents matches the question
 _CITATION = re.compile(r"\[(\d+)\]")
 
 
-def run(ws, question: str, *, k: int | None = None, mode: str | None = None, filters=None,
-        history: list[dict[str, str]] | None = None) -> Gen[str, None, Answer]:
-    """The chain as a generator: yields answer text as it is produced, returns the ``Answer``."""
+def require_question(question: str) -> None:
     if not question.strip():
         raise ConfigError("the question is empty: ask something, e.g. ragtune ask \"what is the travel per diem?\"")
-    cfg = ws.config
-    t_load = time.perf_counter()
-    generator = ws.generator  # loaded once per process; reported apart from the answer's own time
-    t0 = time.perf_counter()
-    hits = ws.search(question, k=k, mode=mode, filters=filters, similarity=True)
-    sims = [h.similarity for h in hits if h.similarity is not None]
-    t_retrieve = time.perf_counter() - t0
-    timings = {"load_s": t0 - t_load, "retrieve_s": t_retrieve}
-    if not hits or (sims and max(sims) < cfg.rag.min_similarity):
-        return Answer(question, DONT_KNOW, [], [], hits, [], "", True, generator.name, {}, {**timings, "total_s": t_retrieve})
-    template = load_template(cfg.rag.template, ws.root)
-    overhead = generator.count_tokens(generator.format(render(template, question, [], history)))
-    budget = min(cfg.rag.context_tokens, generator.context_size - generator.max_tokens - overhead - 8)
-    if budget <= 0:
-        raise ConfigError(f"[generate] context_size = {generator.context_size} leaves no room for sources after "
-                          f"max_tokens = {generator.max_tokens} and the {overhead}-token prompt; raise context_size")
-    sources, dropped = pack(hits, generator.count_tokens, budget)
-    messages = render(template, question, sources, history)
-    t1 = time.perf_counter()
-    yield from generator.stream(messages)
-    g = generator.last
-    cited = list(dict.fromkeys(int(n) for n in _CITATION.findall(g.text) if 1 <= int(n) <= len(sources)))
-    method = "model"
-    if not cited:  # small models often cite nothing: attribute by shared words, and say so
-        cited, method = attribute(g.text, sources), "overlap"
-    timings.update(augment_s=t1 - t0 - t_retrieve, generate_s=g.total_s,
-                   first_token_s=(t1 - t0) + (g.first_token_s or g.total_s), total_s=time.perf_counter() - t0)
-    usage = {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens, "context_budget": budget,
-             "context_tokens": sum(s.tokens for s in sources)}
-    return Answer(question, g.text.strip(), cited, sources, dropped, messages, g.prompt, False, generator.name,
-                  usage, timings, citation_method=method)
+
+
+class Chain:
+    """Retrieve, augment, generate: ``Chain(retriever, generator, rag_config).ask(question)``.
+
+    ``template`` is a loaded Jinja2 template (``rag.prompt.load_template``; default: the built-in
+    one); ``load_s``, the time it took to get the generator, is reported in the first answer's timings."""
+
+    def __init__(self, retriever, generator, config: RagConfig | None = None, template=None, load_s: float = 0.0) -> None:
+        self.retriever, self.generator = retriever, generator
+        self.config = config or RagConfig()
+        self.template = template if template is not None else load_template("default")
+        self.load_s = load_s
+
+    def ask(self, question: str, **kwargs) -> Answer:
+        """The whole ``Answer`` (see ``run`` for the keyword arguments)."""
+        stream = self.stream(question, **kwargs)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def stream(self, question: str, **kwargs) -> "AnswerStream":
+        """Iterate for the answer's text as it is generated; ``.answer`` is set at the end."""
+        return AnswerStream(self.run(question, **kwargs))
+
+    def run(self, question: str, *, k: int | None = None, mode: str | None = None, filters=None,
+            history: list[dict[str, str]] | None = None) -> Gen[str, None, Answer]:
+        """The chain as a generator: yields answer text as it is produced, returns the ``Answer``."""
+        require_question(question)
+        generator, cfg = self.generator, self.config
+        t0 = time.perf_counter()
+        hits = self.retriever.search(question, k=k, mode=mode, filters=filters, similarity=True)
+        sims = [h.similarity for h in hits if h.similarity is not None]
+        t_retrieve = time.perf_counter() - t0
+        timings = {"load_s": self.load_s, "retrieve_s": t_retrieve}
+        self.load_s = 0.0  # the generator was loaded once: later answers of this chain did not wait for it
+        if not hits or (sims and max(sims) < cfg.min_similarity):
+            return Answer(question, DONT_KNOW, [], [], hits, [], "", True, generator.name, {}, {**timings, "total_s": t_retrieve})
+        overhead = generator.count_tokens(generator.format(render(self.template, question, [], history)))
+        budget = min(cfg.context_tokens, generator.context_size - generator.max_tokens - overhead - 8)
+        if budget <= 0:
+            raise ConfigError(f"[generate] context_size = {generator.context_size} leaves no room for sources after "
+                              f"max_tokens = {generator.max_tokens} and the {overhead}-token prompt; raise context_size")
+        sources, dropped = pack(hits, generator.count_tokens, budget)
+        messages = render(self.template, question, sources, history)
+        t1 = time.perf_counter()
+        yield from generator.stream(messages)
+        g = generator.last
+        cited = list(dict.fromkeys(int(n) for n in _CITATION.findall(g.text) if 1 <= int(n) <= len(sources)))
+        method = "model"
+        if not cited:  # small models often cite nothing: attribute by shared words, and say so
+            cited, method = attribute(g.text, sources), "overlap"
+        timings.update(augment_s=t1 - t0 - t_retrieve, generate_s=g.total_s,
+                       first_token_s=(t1 - t0) + (g.first_token_s or g.total_s), total_s=time.perf_counter() - t0)
+        usage = {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens, "context_budget": budget,
+                 "context_tokens": sum(s.tokens for s in sources)}
+        return Answer(question, g.text.strip(), cited, sources, dropped, messages, g.prompt, False, generator.name,
+                      usage, timings, citation_method=method)
 
 
 def attribute(text: str, sources) -> list[int]:
@@ -70,27 +98,43 @@ class AnswerStream:
     def __init__(self, steps) -> None:
         self._steps = steps
         self.answer: Answer | None = None
+        self.query: str | None = None  # set by ``Conversation``: the standalone query searched for
 
     def __iter__(self):
         self.answer = yield from self._steps
-
-
-def ask(ws, question: str, **kwargs) -> Answer:
-    stream = AnswerStream(run(ws, question, **kwargs))
-    for _ in stream:
-        pass
-    return stream.answer
 
 
 REWRITE = ("Rewrite the last question of this conversation as one standalone question that can be understood "
            "without the conversation. Reply with the question only.")
 
 
-def standalone_question(ws, history: list[dict[str, str]], question: str) -> str:
+def standalone_question(generator, history: list[dict[str, str]], question: str) -> str:
     """Follow-up -> standalone query for retrieval (``ragtune chat``); the first question is used as is."""
     if not history:
         return question
     convo = "\n".join(f"{m['role']}: {m['content']}" for m in history[-6:])
     messages = [{"role": "system", "content": REWRITE}, {"role": "user", "content": f"{convo}\nuser: {question}"}]
-    rewritten = ws.generator.generate(messages, max_tokens=48).text.strip().splitlines()
+    rewritten = generator.generate(messages, max_tokens=48).text.strip().splitlines()
     return (rewritten[0].strip() if rewritten and rewritten[0].strip() else question)[:500]
+
+
+class Conversation:
+    """Multi-turn RAG over one chain: each follow-up is rewritten into a standalone query for
+    retrieval (``standalone_question``) and the last ``keep`` messages go into the prompt."""
+
+    def __init__(self, chain: Chain, keep: int = 4) -> None:
+        self.chain, self.keep = chain, keep
+        self.history: list[dict[str, str]] = []
+
+    def stream(self, question: str, **kwargs) -> AnswerStream:
+        """The answer to ``question`` as an ``AnswerStream``; ``.query`` is what was searched for.
+        The turn joins the history once the stream is read to the end."""
+        query = standalone_question(self.chain.generator, self.history, question)
+        stream = AnswerStream(self._turn(question, query, kwargs))
+        stream.query = query
+        return stream
+
+    def _turn(self, question: str, query: str, kwargs) -> Gen[str, None, Answer]:
+        answer = yield from self.chain.run(query, history=self.history[-self.keep:] if self.keep else [], **kwargs)
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+        return answer

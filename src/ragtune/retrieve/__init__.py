@@ -1,8 +1,12 @@
 """Retrieval: dense, BM25 and hybrid (reciprocal-rank fusion), with filters (``store.Filter``).
 
-``retrieve(store, embedder, query, ...)`` returns ranked ``Hit``s; dense hits carry their
-cosine similarity to the query, and with ``similarity=True`` every hit does (the chain abstains on it). Fusion is at chunk level: score = sum over
-retrievers of weight / (rrf_k + rank).
+``Retriever(store, embedder, config)`` is the component the chain and the evaluations use;
+``retriever.search(query, ...)`` returns ranked ``Hit``s. Dense hits carry their cosine
+similarity to the query, and with ``similarity=True`` every hit does (the chain abstains on it).
+Fusion is at chunk level: score = sum over retrievers of weight / (rrf_k + rank).
+
+A retriever may own a ``RankingMemo``: retrievers made from it with ``configured(...)`` (other
+k, mode or fusion settings over the same index) share it, so a sweep searches each question once.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import dataclasses
 import time
 import typing
 
-from ragtune.config import RetrieveMode
+from ragtune.config import RetrieveConfig, RetrieveMode
 from ragtune.errors import ConfigError
-from ragtune.store import Filter, Store
+from ragtune.store import Filter, Store, parse_filters
 from ragtune.types import Hit
 
 MODES: tuple[str, ...] = typing.get_args(RetrieveMode)
@@ -90,3 +94,30 @@ def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hyb
         sims = store.similarities(embedder.embed_query(query), unknown)
         hits = [h if h.similarity is not None else dataclasses.replace(h, similarity=sims.get(h.chunk_id)) for h in hits]
     return hits
+
+
+class Retriever:
+    """Search one index with one embedder under ``[retrieve]`` settings."""
+
+    def __init__(self, store: Store, embedder, config: RetrieveConfig | None = None, memo: RankingMemo | None = None) -> None:
+        self.store, self.embedder, self.memo = store, embedder, memo
+        self.config = config or RetrieveConfig()
+
+    def configured(self, config: RetrieveConfig) -> "Retriever":
+        """The same index, embedder and ranking memo under other ``[retrieve]`` settings."""
+        return Retriever(self.store, self.embedder, config, self.memo)
+
+    @property
+    def saved_s(self) -> float:
+        """Search time the ranking memo has saved so far (0 without a memo)."""
+        return self.memo.saved_s if self.memo else 0.0
+
+    def search(self, query: str, k: int | None = None, mode: str | None = None,
+               filters: list[str] | dict[str, str] | tuple[Filter, ...] | None = None, similarity: bool = False) -> list[Hit]:
+        """Ranked chunks for ``query``; ``k``/``mode`` default to the settings. ``filters``: KEY=VALUE
+        strings, a dict, or ``Filter``s. ``similarity``: every hit gets its cosine similarity to the query."""
+        r = self.config
+        self.store.check(self.embedder.model_id)
+        return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, filters=parse_filters(filters),
+                        candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight,
+                        memo=self.memo, similarity=similarity)

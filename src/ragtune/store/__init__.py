@@ -42,9 +42,11 @@ class Filter:
         return self.key.removeprefix("meta.")
 
 
-def parse_filters(items: list[str] | dict[str, str] | None) -> tuple[Filter, ...]:
+def parse_filters(items: list[str] | dict[str, str] | tuple[Filter, ...] | None) -> tuple[Filter, ...]:
     """``["source=docs/*.md", "lang=en"]`` (or a dict) -> ``Filter``s, checked. A bare key that
-    is not a column is a metadata field."""
+    is not a column is a metadata field. ``Filter``s pass through."""
+    if isinstance(items, tuple) and all(isinstance(i, Filter) for i in items):
+        return items
     pairs = list(items.items()) if isinstance(items, dict) else [_split(i) for i in items or []]
     return tuple(_filter(k, str(v)) for k, v in pairs)
 

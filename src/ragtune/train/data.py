@@ -30,9 +30,10 @@ import hashlib
 import json
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from ragtune.errors import ConfigError, DatasetError
+from ragtune.files import read_jsonl
 from ragtune.types import Example, QAItem
 
 Role = Literal["system", "user", "assistant"]
@@ -53,7 +54,7 @@ def load_examples(path: Path, prompt_field: str | None = None, completion_field:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file (an SFT JSONL file: one {FORMATS} object per line)")
     rows, errors = [], []
-    for n, row in _rows(path):
+    for n, row in read_jsonl(path):
         try:
             rows.append((n, _example(row, n, prompt_field, completion_field, system)))
         except ValueError as e:
@@ -65,21 +66,6 @@ def load_examples(path: Path, prompt_field: str | None = None, completion_field:
     if not rows:
         raise DatasetError(f"{path}: no examples in the file (one {FORMATS} object per line)")
     return [ex for _, ex in rows]
-
-
-def _rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON or a ValueError) for every non-blank line."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield n, ValueError(f"line {n}: not valid JSON ({e.msg})")
-    except (OSError, UnicodeDecodeError) as e:  # a bad gzip stream, a binary file
-        raise DatasetError(f"{path}: cannot be read as UTF-8 JSONL ({e}); give a .jsonl or .jsonl.gz file") from None
 
 
 def _example(row: Any, n: int, prompt_field: str | None, completion_field: str | None,
@@ -215,21 +201,22 @@ def _unit_hash(text: str, seed: int) -> float:
 
 
 # -- importing and writing --------------------------------------------------------------------
-def from_qa(items: list[QAItem], ws=None, k: int = 0, system: str | None = None, *,
+def from_qa(items: list[QAItem], chain=None, k: int = 0, system: str | None = None, *,
             count_tokens: Callable[[str], int] | None = None, log: Callable[[str], None] | None = None) -> list[Example]:
     """QA items as demonstrations: the question -> its first gold answer.
 
-    With a workspace and ``k > 0`` the user turn carries the top-k retrieved chunks, packed and
-    rendered exactly as the RAG chain does it (the workspace's ``[rag] template`` and
-    ``context_tokens``; ``count_tokens`` defaults to the workspace generator's) — RAFT-style data.
+    With a RAG ``Chain`` and ``k > 0`` the user turn carries the top-k retrieved chunks, packed and
+    rendered exactly as that chain does it (its template and ``[rag] context_tokens``;
+    ``count_tokens`` defaults to the chain generator's) — RAFT-style data.
     ``[rag] min_similarity`` is not applied: every question keeps what was retrieved.
     ``system`` replaces the template's system text (k > 0) or is added as a system turn (k = 0).
     Retrieval-only items (no answers) are skipped; ``log`` gets one line saying how many.
     """
     if k < 0:
         raise ConfigError(f"k = {k}: give 0 (question only) or the number of retrieved chunks to put in the prompt")
-    if k > 0 and ws is None:
-        raise ConfigError(f"k = {k} retrieves chunks and needs a workspace: pass ws (run inside one, or --workspace DIR), or k = 0")
+    if k > 0 and chain is None:
+        raise ConfigError(f"k = {k} retrieves chunks and needs a workspace's RAG chain: pass chain (run inside a workspace, "
+                          "or --workspace DIR), or k = 0")
     answerable = [it for it in items if it.answers]
     skipped = len(items) - len(answerable)
     if skipped and log:
@@ -237,7 +224,7 @@ def from_qa(items: list[QAItem], ws=None, k: int = 0, system: str | None = None,
     if not answerable:
         raise DatasetError(f"none of the {len(items)} question(s) has an answer: nothing to train on "
                            "(retrieval-only sets such as BEIR cannot be turned into demonstrations)")
-    prompt = _rag_prompter(ws, k, count_tokens) if k > 0 else _plain_prompter
+    prompt = _rag_prompter(chain, k, count_tokens) if k > 0 else _plain_prompter
     return [_qa_example(it, *prompt(it.question), system) for it in answerable]
 
 
@@ -245,16 +232,15 @@ def _plain_prompter(question: str) -> tuple[Messages, dict[str, Any]]:
     return [{"role": "user", "content": question}], {}
 
 
-def _rag_prompter(ws, k: int, count_tokens: Callable[[str], int] | None):
-    from ragtune.rag.prompt import load_template, pack, render
+def _rag_prompter(chain, k: int, count_tokens: Callable[[str], int] | None):
+    from ragtune.rag.prompt import pack, render
 
-    template = load_template(ws.config.rag.template, ws.root)
-    count = count_tokens or ws.generator.count_tokens
+    count = count_tokens or chain.generator.count_tokens
 
     def prompt(question: str) -> tuple[Messages, dict[str, Any]]:
-        sources, dropped = pack(ws.search(question, k=k), count, ws.config.rag.context_tokens)
+        sources, dropped = pack(chain.retriever.search(question, k=k), count, chain.config.context_tokens)
         meta = {"k": k, "retrieved": [s.hit.doc_id for s in sources], "dropped": len(dropped)}
-        return render(template, question, sources), meta
+        return render(chain.template, question, sources), meta
 
     return prompt
 

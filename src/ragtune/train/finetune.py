@@ -17,14 +17,28 @@ import dataclasses
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ragtune.config import STATE_DIR
 from ragtune.errors import ConfigError, DatasetError, ModelError
 from ragtune.files import sha256_file, write_json
+from ragtune.train.distributed import World
 
 WORK_DIR = "train"
+
+
+@dataclass
+class Prepared:
+    """Training data checked and encoded for one base model."""
+
+    base: Path  # the base model's folder
+    tokenizer: Any
+    train: list  # encoded examples
+    eval: list
+    examples: dict[str, list]  # "train"/"eval": the examples before encoding
+    data_sha256: str
 
 
 # what a finished run reports to its tracker: name, config, metrics, step statistics, registered folder
@@ -32,9 +46,9 @@ Track = Callable[[str, Any, dict, dict, Path], None]
 
 
 def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, completion_field: str | None = None,
-            system: str | None = None) -> dict[str, Any]:
+            system: str | None = None) -> Prepared:
     """Load, check and encode the data for ``cfg``'s base model; every problem is raised before
-    any training (``DatasetError`` listing them). Returns base folder, tokenizer, encoded splits."""
+    any training (``DatasetError`` listing them)."""
     from transformers import AutoTokenizer
 
     from ragtune.models.base import materialise_base
@@ -59,8 +73,7 @@ def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, comple
                 problems.append(str(e))
     if problems:
         raise DatasetError(f"{data}: {len(problems)} example(s) cannot be trained on:\n  " + "\n  ".join(problems[:10]))
-    return {"base": base, "tokenizer": tokenizer, "train": encoded["train"], "eval": encoded["eval"],
-            "examples": {"train": train, "eval": held_out}, "data_sha256": sha256_file(data)}
+    return Prepared(base, tokenizer, encoded["train"], encoded["eval"], {"train": train, "eval": held_out}, sha256_file(data))
 
 
 def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
@@ -71,11 +84,12 @@ def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, resta
     import torch
 
     from ragtune.train import checkpoint
-    from ragtune.train.probe import answer_items, forgetting
+    from ragtune.train.probe import answer_items, checks_record, forgetting, run_checks
     from ragtune.models.registry import check_name, models_dir, registered
     from ragtune.train.sft import build_model, evaluate_loss, stats_json, train_loop
 
     check_name(name)
+    world = World()
     root = Path(root)
     if registered(root, name) and not overwrite:
         raise ModelError(f"a model named {name!r} is already registered; pick another --name, "
@@ -85,33 +99,33 @@ def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, resta
     run = _start(work, name, data, cfg, resume, restart)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tok = prepared["tokenizer"]
+    tok = prepared.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = build_model(prepared["base"], cfg, cfg.seed)
+    model = build_model(prepared.base, cfg, cfg.seed)
     start = None
     if resume and (found := checkpoint.latest(work / "checkpoint")):
         start = checkpoint.load(found, model)
         log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
-    items = answer_items(prepared["examples"]["eval"], cfg.check_answers)  # held-out prompts with a '#### N' answer
+    items = answer_items(prepared.examples["eval"], cfg.check_answers)  # held-out prompts with a '#### N' answer
     if "before" not in run:  # the base model (a fresh LoRA adapter changes nothing yet); rank 0 checks
-        run["before"] = {} if start is not None else {"eval_loss": evaluate_loss(model, prepared["eval"], cfg.batch_size, pad),
-                                                      **(_checks(model, tok, items, cfg, "base", log) if _rank() == 0 else {})}
-        if _rank() == 0:
+        run["before"] = {} if start is not None else {"eval_loss": evaluate_loss(model, prepared.eval, cfg.batch_size, pad),
+                                                      **(run_checks(model, tok, items, cfg, "base", log) if world.rank == 0 else {})}
+        if world.rank == 0:
             write_json(work / "run.json", run)
-    log(f"training {name}: {len(prepared['train'])} examples ({len(prepared['eval'])} held out), {cfg.method}, "
-        f"base {prepared['base']}")
+    log(f"training {name}: {len(prepared.train)} examples ({len(prepared.eval)} held out), {cfg.method}, "
+        f"base {prepared.base}")
     started = time.perf_counter()
-    stats = train_loop(model, prepared["train"], cfg, pad, eval_set=prepared["eval"], on_step=on_step, start=start,
+    stats = train_loop(model, prepared.train, cfg, pad, eval_set=prepared.eval, on_step=on_step, start=start,
                        on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
-    if _rank() != 0:  # under torchrun: rank 0 registers and tracks
+    if world.rank != 0:  # under torchrun: rank 0 registers and tracks
         return models_dir(root) / name
-    before, after = run["before"], _checks(model, tok, items, cfg, "tuned", log)
+    before, after = run["before"], run_checks(model, tok, items, cfg, "tuned", log)
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
                "eval_loss_before": before.get("eval_loss"), "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
                "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens,
-               "processes": _processes(), **forgetting(before, after, cfg.forgetting_threshold)}
-    folder = _register(root, name, model, tok, cfg, prepared, metrics, stats, overwrite, _answers(items, before, after))
+               "processes": world.size, **forgetting(before, after, cfg.forgetting_threshold)}
+    folder = _register(root, name, model, tok, cfg, prepared, metrics, stats, overwrite, checks_record(items, before, after))
     if track is not None:
         track(name, cfg, metrics, stats_json(stats), folder)
     shutil.rmtree(work, ignore_errors=True)
@@ -119,23 +133,11 @@ def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, resta
     return folder
 
 
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _processes() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) -> dict[str, Any]:
     """The work folder's run.json: new, or the interrupted one when resuming (same data and settings)."""
     wanted = {"name": name, "data": str(Path(data).resolve()), "data_sha256": sha256_file(data), "config": dataclasses.asdict(cfg)}
     path = work / "run.json"
-    if _rank() != 0:  # other processes of a torchrun job follow rank 0's decisions
+    if World().rank != 0:  # other processes of a torchrun job follow rank 0's decisions
         return json.loads(path.read_text()) if resume and path.exists() else wanted
     if path.exists() and restart:
         shutil.rmtree(work)
@@ -156,35 +158,7 @@ def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) 
     return wanted
 
 
-def _checks(model, tokenizer, items: list, cfg, which: str, log) -> dict[str, Any]:
-    """The forgetting/learning checks of ``train.probe`` on ``model`` (answers kept for the record)."""
-    from ragtune.train.probe import check_answers, check_prompts, perplexity, probe_texts
-
-    log(f"checking the {which} model: general-text perplexity" + (", general prompts" if cfg.check_prompts else "")
-        + (f", {len(items)} held-out final answers" if items else ""))
-    out: dict[str, Any] = {"probe_ppl": perplexity(model, tokenizer, probe_texts())}
-    if cfg.check_prompts:
-        general = check_prompts(model, tokenizer)
-        out.update(general_score=general["general_score"], general_answers=general["answers"])
-    if items:
-        held = check_answers(model, tokenizer, items, cfg.check_max_tokens)
-        out.update(final_answer_format=held["final_answer_format"], final_answer_em=held["final_answer_em"],
-                   held_out_answers=held["answers"])
-    return out
-
-
-def _answers(items: list, before: dict, after: dict) -> dict[str, Any]:
-    """checks.json of the registered model: every checked prompt with the base's and the tuned model's answer."""
-    from ragtune.train.probe import probe_prompts
-
-    general = [{"prompt": p["prompt"], "expect": p["expect"], "base": b, "tuned": a}
-               for p, b, a in zip(probe_prompts(), before.get("general_answers", []), after.get("general_answers", []))]
-    held = [{"expected": gold, "prompt": turns[-1]["content"], "base": b, "tuned": a}
-            for (turns, gold), b, a in zip(items, before.get("held_out_answers", []), after.get("held_out_answers", []))]
-    return {"general_prompts": general, "held_out": held}
-
-
-def _register(root: Path, name: str, model, tokenizer, cfg, prepared: dict, metrics: dict, stats, overwrite: bool,
+def _register(root: Path, name: str, model, tokenizer, cfg, prepared: Prepared, metrics: dict, stats, overwrite: bool,
               checks: dict[str, Any]) -> Path:
     from ragtune.models.base import base_identity
     from ragtune.models.registry import ModelCard, register, staging
@@ -193,6 +167,6 @@ def _register(root: Path, name: str, model, tokenizer, cfg, prepared: dict, metr
     model.save_pretrained(str(stage / ("adapter" if cfg.method == "lora" else "model")))
     tokenizer.save_pretrained(str(stage / "tokenizer"))
     write_json(stage / "checks.json", checks)
-    card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared["base"]), data_sha256=prepared["data_sha256"],
+    card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared.base), data_sha256=prepared.data_sha256,
                      config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds)
     return register(root, name, stage, card, overwrite=overwrite)

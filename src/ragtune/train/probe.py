@@ -14,10 +14,12 @@ score falling by more than it (absolute) flags the model.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
+from typing import Any
+
+from ragtune.files import read_jsonl
 
 PROBE = Path(__file__).parent / "probe" / "general.txt"
 PROMPTS = Path(__file__).parent / "probe" / "prompts.jsonl"
@@ -30,7 +32,7 @@ def probe_texts() -> list[str]:
 
 
 def probe_prompts() -> list[dict]:
-    return [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(PROMPTS, strict=True)]
 
 
 def perplexity(model, tokenizer, texts: list[str]) -> float:
@@ -116,3 +118,27 @@ def forgetting(before: dict[str, float | None], after: dict[str, float | None], 
     ppl, score = out.get("probe_ppl_change"), out.get("general_score_change")
     out["forgetting_flagged"] = bool((ppl is not None and ppl > threshold) or (score is not None and score < -threshold))
     return out
+
+
+def run_checks(model, tokenizer, items: list, cfg, which: str, log) -> dict[str, Any]:
+    """Every check of this module on ``model`` (``which``: "base" or "tuned", for the log); answers kept for the record."""
+    log(f"checking the {which} model: general-text perplexity" + (", general prompts" if cfg.check_prompts else "")
+        + (f", {len(items)} held-out final answers" if items else ""))
+    out: dict[str, Any] = {"probe_ppl": perplexity(model, tokenizer, probe_texts())}
+    if cfg.check_prompts:
+        general = check_prompts(model, tokenizer)
+        out.update(general_score=general["general_score"], general_answers=general["answers"])
+    if items:
+        held = check_answers(model, tokenizer, items, cfg.check_max_tokens)
+        out.update(final_answer_format=held["final_answer_format"], final_answer_em=held["final_answer_em"],
+                   held_out_answers=held["answers"])
+    return out
+
+
+def checks_record(items: list, before: dict, after: dict) -> dict[str, Any]:
+    """checks.json of the registered model: every checked prompt with the base's and the tuned model's answer."""
+    general = [{"prompt": p["prompt"], "expect": p["expect"], "base": b, "tuned": a}
+               for p, b, a in zip(probe_prompts(), before.get("general_answers", []), after.get("general_answers", []))]
+    held = [{"expected": gold, "prompt": turns[-1]["content"], "base": b, "tuned": a}
+            for (turns, gold), b, a in zip(items, before.get("held_out_answers", []), after.get("held_out_answers", []))]
+    return {"general_prompts": general, "held_out": held}

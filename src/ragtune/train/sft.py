@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ragtune.errors import DatasetError
+from ragtune.train.distributed import World
 
 IGNORE = -100
 LOSS_CHUNK = 256  # rows of hidden states projected onto the vocabulary at a time (x 49k vocabulary: 50 MB of logits)
@@ -217,7 +218,7 @@ def train_loop(model, train: list[Encoded], cfg, pad_id: int, eval_set: list[Enc
 def _train(model, train, cfg, pad_id, eval_set, on_step, start, on_checkpoint) -> Stats:
     import torch
 
-    world = _World()
+    world = World()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -301,35 +302,6 @@ def give_back_freed_memory(model) -> list:
 
     every = list(layers)[:: max(1, len(layers) // TRIMS_PER_PASS)]
     return [h for layer in every for h in (layer.register_forward_hook(hook), layer.register_full_backward_hook(hook))]
-
-
-class _World:
-    """This process's place among the training processes (``torchrun``/``accelerate launch``
-    start them; torch.distributed must be initialised, gloo on CPU). Alone: rank 0 of 1."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist if dist.is_available() and dist.is_initialized() else None
-        self.rank = self.dist.get_rank() if self.dist else 0
-        self.size = self.dist.get_world_size() if self.dist else 1
-
-    def sum(self, values: list[float]) -> list[float]:
-        """Each value summed over the processes."""
-        if not self.dist:
-            return values
-        import torch
-
-        t = torch.tensor(values, dtype=torch.float64)
-        self.dist.all_reduce(t)
-        return t.tolist()
-
-    def sum_grads(self, params) -> None:
-        if self.dist:
-            for p in params:
-                if p.grad is None:  # this process had no example in the batch: it adds zeros
-                    p.grad = p.new_zeros(p.shape)
-                self.dist.all_reduce(p.grad)
 
 
 def stats_json(stats: Stats) -> dict[str, Any]:

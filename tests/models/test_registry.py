@@ -9,7 +9,7 @@ import pytest
 
 from ragtune.config import GenerateConfig
 from ragtune.errors import ConfigError, ModelError
-from ragtune.experiment.sweep import generator_sha256
+from ragtune.experiment.runs import generator_sha256
 from ragtune.generate import get_generator, model_path
 from ragtune.generate.transformers import TransformersGenerator
 from ragtune.models.base import base_identity
@@ -112,7 +112,7 @@ def test_generate_with_a_registered_lora_model(ws, tiny_llama_folder):
     cfg = GenerateConfig(backend="transformers", model=str(tiny_llama_folder), max_tokens=12)
     base_text = TransformersGenerator(tiny_llama_folder, cfg, threads=2).generate(QUESTION).text
     register(ws.root, "tuned", stage_lora(ws.root, "tuned", tiny_llama_folder, perturb=0.3), card(tiny_llama_folder))
-    first = generator_sha256(ws.with_config(ws.config.override("generate", model="tuned")))
+    first = generator_sha256(ws.config.override("generate", model="tuned").generate, ws.root)
 
     g = get_generator(GenerateConfig(model="tuned", max_tokens=12), ws.root)  # backend left at llamacpp
     assert isinstance(g, TransformersGenerator) and isinstance(g.model, PeftModel) and g.name == "transformers:tuned"
@@ -124,7 +124,7 @@ def test_generate_with_a_registered_lora_model(ws, tiny_llama_folder):
     register(ws.root, "tuned", stage_lora(ws.root, "tuned", tiny_llama_folder), card(tiny_llama_folder), overwrite=True)
     again = get_generator(GenerateConfig(model="tuned", max_tokens=12), ws.root)
     assert again is not g and again.generate(QUESTION).text == base_text
-    second = generator_sha256(ws.with_config(ws.config.override("generate", model="tuned")))
+    second = generator_sha256(ws.config.override("generate", model="tuned").generate, ws.root)
     assert len(first) == len(second) == 64 and first != second  # runs record which weights answered
 
     with pytest.raises(ConfigError, match=r"\[generate\] adapter .* registered model 'tuned'"):

@@ -5,7 +5,7 @@ import pytest
 from ragtune import Workspace
 from ragtune.errors import DatasetError
 from ragtune.evaluate.qa import from_squad, load_qa, write_qa
-from ragtune.evaluate.qa_eval import evaluate_qa
+from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
 from tests.conftest import HANDBOOK, run_cli
 
 
@@ -51,7 +51,7 @@ def test_eval_qa_rag_and_closed_book(tmp_path):
     qa.write_text('{"id": "founder", "question": "Who founded the observatory?", "answers": ["Cornelius Vantreight"], "doc_ids": ["docs/history.html"]}\n'
                   '{"id": "badge", "question": "Where is the Badge Office?", "answers": ["room G-114", "G-114"]}\n')
     items = load_qa(qa)
-    rag = evaluate_qa(ws, items, arm="rag", judge=ws.generator)
+    rag = evaluate_qa(items, workspace_answerer(ws, "rag"), judge=ws.generator).to_dict()
     by_id = {p["id"]: p for p in rag["predictions"]}
     judged = [p["judge"] for p in rag["predictions"]]
     assert all(j["parsed"] == (j["score"] in (0.0, 1.0)) and j["prompt"] for j in judged)
@@ -62,7 +62,7 @@ def test_eval_qa_rag_and_closed_book(tmp_path):
     assert by_id["founder"]["prompt"].startswith("<|im_start|>system") and by_id["founder"]["retrieved"]
     assert rag["metrics"]["contains"] == 1.0 and 0 < rag["metrics"]["groundedness"] <= 1
     assert by_id["founder"]["gold_rank"] == 1 and rag["metrics"]["recall@k"] == 1.0 and "gold_rank" not in by_id["badge"]
-    closed = evaluate_qa(ws, items, arm="closed-book")
+    closed = evaluate_qa(items, workspace_answerer(ws, "closed-book")).to_dict()
     assert all(p["retrieved"] == [] and "<source" not in p["prompt"] for p in closed["predictions"])
     assert closed["metrics"]["contains"] < rag["metrics"]["contains"]
     out = tmp_path / "run.json"

@@ -127,10 +127,10 @@ def test_chat_rewrites_follow_ups(hb):
 def test_standalone_question_uses_the_history(hb):
     from ragtune.rag.chain import standalone_question
 
-    assert standalone_question(hb, [], "Who founded it?") == "Who founded it?"
+    assert standalone_question(hb.generator, [], "Who founded it?") == "Who founded it?"
     history = [{"role": "user", "content": "Tell me about Kestrel Ridge Observatory."},
                {"role": "assistant", "content": "It is an observatory on Mount Tavish."}]
-    rewritten = standalone_question(hb, history, "Who founded it?")
+    rewritten = standalone_question(hb.generator, history, "Who founded it?")
     assert rewritten and rewritten != "Who founded it?" and len(rewritten) < 500
 
 
@@ -153,3 +153,30 @@ def test_workspace_template_override(hb):
             hb.ask("Who founded the observatory?")
     finally:
         hb.config = hb.config.override("rag", template="default")
+
+
+def test_chain_built_from_components_answers_as_the_workspace_does(hb):
+    from ragtune.config import RagConfig
+    from ragtune.rag.chain import Chain
+    from ragtune.retrieve import Retriever
+
+    chain = Chain(Retriever(hb.store, hb.embedder, hb.config.retrieve), hb.generator)  # no workspace inside
+    own, via_workspace = chain.ask("Who founded the observatory?"), hb.ask("Who founded the observatory?")
+    assert own.prompt == via_workspace.prompt and own.text == via_workspace.text and own.citations == via_workspace.citations
+    strict = Chain(chain.retriever, hb.generator, RagConfig(min_similarity=0.99))
+    assert strict.ask("Who founded the observatory?").abstained  # nothing is that close: no generation
+
+
+def test_conversation_rewrites_follow_ups_and_keeps_the_history(hb):
+    from ragtune.rag.chain import Conversation
+
+    conversation = Conversation(hb.chain(), keep=2)
+    first = conversation.stream("Who founded Kestrel Ridge Observatory?")
+    assert first.query == "Who founded Kestrel Ridge Observatory?"  # the first question is searched as is
+    list(first)
+    assert [m["role"] for m in conversation.history] == ["user", "assistant"]
+    assert conversation.history[1]["content"] == first.answer.text
+    follow = conversation.stream("When did he found it?")
+    assert follow.query != "When did he found it?"
+    list(follow)
+    assert len(conversation.history) == 4 and follow.answer.messages[1:3] == conversation.history[:2]

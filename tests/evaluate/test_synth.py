@@ -107,7 +107,7 @@ SCRIPT = [
 
 def test_duplicates_and_unsupported_answers_are_rejected_and_counted(notes):
     gen = ScriptedGenerator(SCRIPT)
-    items, stats = synth_qa(notes, gen, n=3, seed=7)
+    items, stats = synth_qa(notes.store, gen, n=3, seed=7)
     assert stats == {"attempted": 9, "parsed": 8, "parse_failures": 1, "rejected_long": 1, "rejected_unsupported": 2,
                      "rejected_in_question": 1, "duplicates": 1, "kept": 3}
     assert [i.question for i in items] == ["What is the secret word?", "Who keeps the secret word?",
@@ -122,33 +122,33 @@ def test_duplicates_and_unsupported_answers_are_rejected_and_counted(notes):
 
 
 def test_same_seed_same_items_and_ids(notes):
-    first, _ = synth_qa(notes, ScriptedGenerator(SCRIPT), n=3, seed=7)
-    again, _ = synth_qa(notes, ScriptedGenerator(SCRIPT), n=3, seed=7)
-    other, _ = synth_qa(notes, ScriptedGenerator(SCRIPT), n=3, seed=8)
+    first, _ = synth_qa(notes.store, ScriptedGenerator(SCRIPT), n=3, seed=7)
+    again, _ = synth_qa(notes.store, ScriptedGenerator(SCRIPT), n=3, seed=7)
+    other, _ = synth_qa(notes.store, ScriptedGenerator(SCRIPT), n=3, seed=8)
     assert first == again
     assert [i.id for i in first] != [i.id for i in other]  # another seed samples other chunks
 
 
 def test_gives_up_after_a_few_chunks_per_question(notes):
     gen = ScriptedGenerator([])  # never in the format
-    items, stats = synth_qa(notes, gen, n=2)
+    items, stats = synth_qa(notes.store, gen, n=2)
     assert items == [] and stats["attempted"] == stats["parse_failures"] == ATTEMPTS_PER_ITEM * 2 == len(gen.passages)
-    items, stats = synth_qa(notes, ScriptedGenerator([]), n=5)
+    items, stats = synth_qa(notes.store, ScriptedGenerator([]), n=5)
     assert stats["attempted"] == 9  # only nine chunks to try
 
 
 def test_mistakes_say_what_to_do(notes, tmp_path):
     with pytest.raises(ConfigError, match="at least 1"):
-        synth_qa(notes, ScriptedGenerator([]), n=0)
+        synth_qa(notes.store, ScriptedGenerator([]), n=0)
     with pytest.raises(WorkspaceError, match="ragtune ingest"):
-        synth_qa(Workspace.init(tmp_path / "empty"), ScriptedGenerator([]), n=1)
+        synth_qa(Workspace.init(tmp_path / "empty").store, ScriptedGenerator([]), n=1)
 
 
 @pytest.mark.slow
 def test_real_run_on_the_handbook_with_smollm2(tmp_path):
     ws = Workspace.init(tmp_path / "ws")
     ws.ingest([HANDBOOK])
-    items, stats = synth_qa(ws, ws.generator, n=3, seed=0)
+    items, stats = synth_qa(ws.store, ws.generator, n=3, seed=0)
     assert set(stats) == set(STAT_KEYS)
     assert stats["attempted"] == stats["parse_failures"] + sum(v for k, v in stats.items() if k.startswith("rejected_")) \
         + stats["duplicates"] + stats["kept"]

@@ -184,7 +184,7 @@ def test_from_qa_with_retrieval_puts_the_chains_sources_in_the_prompt(ws, handbo
 
     ws.ingest([handbook_copy])
     items = [it for it in load_qa(HANDBOOK_QA) if it.id in {"badge-office", "hotel-cap"}]
-    examples = from_qa(items, ws=ws, k=3)
+    examples = from_qa(items, chain=ws.chain(), k=3)
     assert [e.id for e in examples] == ["badge-office", "hotel-cap"]
     for ex, item in zip(examples, items):
         system, user, assistant = ex.messages
@@ -196,7 +196,7 @@ def test_from_qa_with_retrieval_puts_the_chains_sources_in_the_prompt(ws, handbo
     badge = examples[0].messages[1]["content"]
     assert "G-114" in badge  # the gold evidence text is inside the fenced sources
     assert ws.ask(items[0].question, k=3).messages == examples[0].messages[:2]  # what the chain sends at inference
-    replaced = from_qa(items[:1], ws=ws, k=3, system="Be terse.")[0]
+    replaced = from_qa(items[:1], chain=ws.chain(), k=3, system="Be terse.")[0]
     assert replaced.messages[0] == {"role": "system", "content": "Be terse."} and replaced.messages[1:] == examples[0].messages[1:]
 
 

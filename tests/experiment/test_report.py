@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 import pytest
 
 from ragtune.evaluate.answers import abstained, best, contains, exact_match, f1
-from ragtune.evaluate.qa_eval import aggregate
-from ragtune.experiment.report import (Point, compare, dominates, nice_ticks, question_score, render_report,
-                                       write_report)
+from ragtune.evaluate.qa_eval import Prediction, aggregate
+from ragtune.experiment.compare import Point, compare, compare_runs, dominates, question_score
+from ragtune.experiment.report import nice_ticks, render_report, write_report
 from ragtune.experiment.runs import load_run, write_run
 
 QUESTIONS = [
@@ -48,11 +48,11 @@ def prediction_row(qid, question, golds, source, text, total_s, gold_rank):
 def make_runs(root):
     runs = []
     for i, (run_id, name, params, texts, total_s) in enumerate(RUNS):
-        rows = [prediction_row(*q, text, total_s + 0.01 * j, gold_rank=1 if i or j % 2 == 0 else None)
+        rows = [Prediction(**prediction_row(*q, text, total_s + 0.01 * j, gold_rank=1 if i or j % 2 == 0 else None))
                 for j, (q, text) in enumerate(zip(QUESTIONS, texts))]
         info = {"id": run_id, "name": name, "sweep": "modes", "arm": "rag", "status": "finished", "params": params,
                 "config": {"retrieve": {k.split(".")[1]: v for k, v in params.items()}}, "started": f"2025-01-01T00:0{i}:00"}
-        runs.append(write_run(root / run_id, info, rows, aggregate(rows)))
+        runs.append(write_run(root / run_id, info, [r.to_dict() for r in rows], aggregate(rows)))
     return [load_run(r.path) for r in runs]  # read back, as the CLI will
 
 
@@ -128,6 +128,17 @@ def test_wins_and_losses_match_questions_by_id(runs):
     assert {d.base["id"] for d in c.wins} == {"q3"} and {d.base["id"] for d in c.losses} == {"q1", "q2", "q4"}
     page = render_report(runs)
     assert 'id="comparisons"' in page and "Biggest losses" in page
+
+
+def test_compare_runs_gives_metric_deltas_changed_settings_and_wins(runs):
+    base, other = runs[0], runs[1]
+    d = compare_runs(base, other)
+    deltas = {name: delta for name, _, _, delta in d.metrics}
+    assert deltas["f1"] == pytest.approx(other.metrics["f1"] - base.metrics["f1"]) and deltas["f1"] > 0
+    assert ("retrieve.mode", "bm25", "hybrid") in d.settings and ("retrieve.k", 3, 5) in d.settings
+    assert d.kind == "f1" and len(d.questions.diffs) == 4
+    assert [w.base["id"] for w in d.questions.wins] == ["q3", "q4"]  # 'I don't know' -> '1989' first
+    assert not d.questions.losses
 
 
 def test_worst_questions_show_the_prompt_and_sources(runs):

@@ -29,11 +29,11 @@ def make_beir(folder):
 def test_eval_on_a_tiny_beir_set(tmp_path, mode):
     beir = make_beir(tmp_path / "tiny")
     result = evaluate_beir(beir, mode=mode, scratch=tmp_path / "scratch")
-    assert result["queries"] == 3 and result["documents"] == 4
-    assert result["metrics"]["ndcg@10"] == pytest.approx(1.0)
-    assert result["metrics"]["recall@100"] == 1.0
+    assert result.queries == 3 and result.documents == 4
+    assert result.metrics["ndcg@10"] == pytest.approx(1.0)
+    assert result.metrics["recall@100"] == 1.0
     again = evaluate_beir(beir, mode=mode, scratch=tmp_path / "scratch")
-    assert again["timings"]["chunks_embedded"] == 0  # the scratch index is reused
+    assert again.timings["chunks_embedded"] == 0  # the scratch index is reused
 
 
 def test_eval_cli_writes_json(tmp_path):

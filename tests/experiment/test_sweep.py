@@ -8,7 +8,7 @@ import pytest
 from ragtune import Workspace
 from ragtune.errors import ConfigError, DatasetError
 from ragtune.evaluate.qa import from_beir, load_qa, write_qa
-from ragtune.evaluate.qa_eval import evaluate_qa
+from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
 from ragtune.experiment.runs import RUNS_DIR, find_run, iter_runs
 from ragtune.experiment.sweep import load_sweep, plan, run_sweep
 from tests.conftest import HANDBOOK, REPO, run_cli
@@ -151,10 +151,10 @@ def test_retrieval_only_questions_from_beir(tmp_path, ws):
     write_qa(items, tmp_path / "beir.jsonl")
     assert load_qa(tmp_path / "beir.jsonl") == items
     ws.ingest([beir / "corpus.jsonl"])
-    result = evaluate_qa(ws, items, arm="retrieval", k=2, mode="dense")
-    assert result["generator"] is None and "f1" not in result["metrics"]
-    assert result["metrics"]["recall@k"] == 1.0 and result["metrics"]["ndcg@k"] == 1.0
-    assert [p["gold_rank"] for p in result["predictions"]] == [1, 1]
+    result = evaluate_qa(items, workspace_answerer(ws, "retrieval", k=2, mode="dense"))
+    assert result.generator is None and "f1" not in result.metrics
+    assert result.metrics["recall@k"] == 1.0 and result.metrics["ndcg@k"] == 1.0
+    assert [p.gold_rank for p in result.predictions] == [1, 1]
 
 
 def test_answers_may_be_left_out_only_for_retrieval_only_questions(tmp_path):
