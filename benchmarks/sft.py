@@ -46,14 +46,14 @@ def examples(args, tokenizer):
 
 def arm_ours(args, base, tokenizer, method: str) -> dict:
     from ragtune.config import Config
-    from ragtune.train.sft import build_model, train_loop
+    from ragtune.train.sft import CompletionLoss, build_model, train_loop
 
     data = [e for _, e in examples(args, tokenizer)]
     cfg = Config().override("train", method=method, batch_size=args.batch, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                             learning_rate=2e-4 if method == "lora" else 2e-5, epochs=1.0, warmup_ratio=0.0).train
     model = build_model(base, cfg, 0)
     marks = []
-    train_loop(model, data, cfg, tokenizer.pad_token_id, on_step=lambda r: marks.append((r["tokens"], r["seconds"])))
+    train_loop(model, data, cfg, CompletionLoss(tokenizer.pad_token_id), on_step=lambda r: marks.append((r["tokens"], r["seconds"])))
     (t0, s0), (t1, s1) = marks[0], marks[-1]
     return {"tokens_per_s": (t1 - t0) / (s1 - s0), "steps": len(marks), "tokens": t1, "padding": None}
 

@@ -29,7 +29,7 @@ runs_app = typer.Typer(help="Tracked evaluation runs (.ragtune/runs/, MLflow).",
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
-finetune_app = typer.Typer(help="Fine-tune the generator on demonstrations (SFT).", no_args_is_help=True)
+finetune_app = typer.Typer(help="Fine-tune: the generator on demonstrations (sft); reward models on preferences (reward).", no_args_is_help=True)
 models_app = typer.Typer(help="Fine-tuned models registered in the workspace (.ragtune/models/).", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(runs_app, name="runs")
@@ -459,28 +459,45 @@ def data_synth_qa(out: Annotated[Path, typer.Option("--out", "-o", help="QA JSON
                 "(--generator openai) or more documents help")
 
 
+@data_app.command("import-hh")
+def data_import_hh(source: Annotated[Path, typer.Argument(help="Anthropic HH-RLHF JSONL[.gz] with chosen/rejected texts.")],
+                   out: Annotated[Path, typer.Option("--out", "-o", help="Preference pairs JSONL to write (conversational, explicit prompt).")]) -> None:
+    """Convert HH-RLHF's "Human: ... Assistant: ..." texts into conversational pairs (prompt, chosen, rejected)."""
+    from ragtune.train.preferences import import_hh, write_jsonl
+
+    rows, stats = import_hh(source)
+    write_jsonl(rows, out)
+    _console().print(f"wrote {stats['written']} pairs to {out} from {stats['read']} rows; skipped: {stats['parted_early']} parted "
+                     f"before the last answer, {stats['same_answer']} with the same answer, {stats['empty_answer']} with an "
+                     f"empty answer, {stats['not_hh']} not in HH's format")
+
+
 @data_app.command("validate")
-def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, or demonstrations with --task sft.")],
-                  task: Annotated[str, typer.Option("--task", help="qa | sft")] = "qa",
+def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, demonstrations (--task sft) or preferences (--task reward|dpo|kto).")],
+                  task: Annotated[str, typer.Option("--task", help="qa | sft | reward | dpo | kto")] = "qa",
                   prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", help="sft: field holding the prompt (e.g. question).", show_default=False)] = None,
                   completion_field: Annotated[Optional[str], typer.Option("--completion-field", help="sft: field holding the desired output (e.g. answer).", show_default=False)] = None,
                   workspace: WorkspaceOpt = None) -> None:
     """Check a data file; problems are listed by line. With --task sft: formats, roles, duplicates,
-    train/eval overlap and lengths against [train] max_length with the [train] base model's tokenizer."""
+    train/eval overlap and lengths against [train] max_length with the [train] base model's tokenizer.
+    With --task reward|dpo|kto: preference rows (missing fields, chosen == rejected, empty answers,
+    mixed kinds, implicit prompts that share nothing, duplicates) and the same length check."""
     if task == "qa":
         from ragtune.evaluate.qa import load_qa
 
         items = load_qa(path)
         _console().print(f"{path}: {len(items)} questions, {sum(bool(i.doc_ids) for i in items)} with gold doc ids — OK")
         return
-    if task != "sft":
-        raise typer.BadParameter(f"--task {task!r}: choose qa or sft")
-    from ragtune.train.finetune import prepare
+    if task not in ("sft", "reward", "dpo", "kto"):
+        raise typer.BadParameter(f"--task {task!r}: choose qa, sft, reward, dpo or kto")
+    from ragtune.train.finetune import prepare, prepare_preferences
 
     ws = _workspace(workspace)
     cfg = ws.config.train
-    prepared = prepare(ws.root, path, cfg, prompt_field, completion_field)  # what `finetune sft` checks, all of it
-    _console().print(f"{path}: {len(prepared.train)} train + {len(prepared.eval)} eval examples (\\[train] eval_fraction "
+    prepared = (prepare(ws.root, path, cfg, prompt_field, completion_field) if task == "sft"  # what `finetune` checks, all of it
+                else prepare_preferences(ws.root, path, cfg, task))
+    what = "examples" if task == "sft" else type(prepared.examples["train"][0]).__name__.lower() + "s"
+    _console().print(f"{path}: {len(prepared.train)} train + {len(prepared.eval)} eval {what} (\\[train] eval_fraction "
                      f"{cfg.eval_fraction}), all within max_length {cfg.max_length} for {cfg.base} — OK")
 
 
@@ -500,41 +517,54 @@ def data_qa_to_sft(qa: Annotated[Path, typer.Argument(help="QA JSONL file.")],
     c.print(f"wrote {n} demonstrations to {out}")
 
 
+BaseOpt = Annotated[Optional[str], typer.Option("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", help="lora | full ([train] method).", show_default=False)]
+EpochsOpt = Annotated[Optional[float], typer.Option("--epochs", show_default=False)]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", show_default=False)]
+ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="cosine | linear | constant.", show_default=False)]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", show_default=False)]
+AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", show_default=False)]
+MaxLenOpt = Annotated[Optional[int], typer.Option("--max-length", help="Most tokens per example.", show_default=False)]
+LoraROpt = Annotated[Optional[int], typer.Option("--lora-r", show_default=False)]
+LoraAlphaOpt = Annotated[Optional[int], typer.Option("--lora-alpha", show_default=False)]
+EvalFracOpt = Annotated[Optional[float], typer.Option("--eval-fraction", help="Share held out for evaluation.", show_default=False)]
+EarlyOpt = Annotated[Optional[int], typer.Option("--early-stopping", help="Epochs without eval improvement before stopping; 0 = off.", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of --name from its last checkpoint.")]
+RestartOpt = Annotated[bool, typer.Option("--restart", help="Discard an interrupted run of --name and start again.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a registered model of the same name.")]
+
+
+def _train_config(ws, ctx: typer.Context):
+    """[train] with the command's flags on top (each flag is named as its setting)."""
+    from ragtune.config import TrainConfig
+
+    return ws.config.override("train", **{f.name: ctx.params[f.name] for f in fields(TrainConfig) if f.name in ctx.params}).train
+
+
 @finetune_app.command("sft")
 def finetune_sft(ctx: typer.Context,
                  data: Annotated[Path, typer.Option("--data", help="Demonstrations: JSONL with messages, or prompt/completion (or --prompt-field/--completion-field).")],
                  name: Annotated[str, typer.Option("--name", help="Register the result under this name (then: ragtune ask --model NAME).")],
-                 base: Annotated[Optional[str], typer.Option("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)] = None,
-                 method: Annotated[Optional[str], typer.Option("--method", help="lora | full ([train] method).", show_default=False)] = None,
-                 epochs: Annotated[Optional[float], typer.Option("--epochs", show_default=False)] = None,
-                 learning_rate: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", show_default=False)] = None,
-                 schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine | linear | constant.", show_default=False)] = None,
-                 batch_size: Annotated[Optional[int], typer.Option("--batch-size", show_default=False)] = None,
-                 grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", show_default=False)] = None,
-                 max_length: Annotated[Optional[int], typer.Option("--max-length", help="Most tokens per example.", show_default=False)] = None,
-                 lora_r: Annotated[Optional[int], typer.Option("--lora-r", show_default=False)] = None,
-                 lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", show_default=False)] = None,
-                 eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Share held out for eval loss.", show_default=False)] = None,
-                 early_stopping: Annotated[Optional[int], typer.Option("--early-stopping", help="Epochs without eval improvement before stopping; 0 = off.", show_default=False)] = None,
-                 seed: Annotated[Optional[int], typer.Option("--seed", show_default=False)] = None,
+                 base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None, learning_rate: LrOpt = None,
+                 schedule: ScheduleOpt = None, batch_size: BatchOpt = None, grad_accum: AccumOpt = None, max_length: MaxLenOpt = None,
+                 lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None, eval_fraction: EvalFracOpt = None,
+                 early_stopping: EarlyOpt = None, seed: SeedOpt = None,
                  prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", help="Field holding the prompt in other datasets (e.g. question).", show_default=False)] = None,
                  completion_field: Annotated[Optional[str], typer.Option("--completion-field", help="Field holding the desired output (e.g. answer).", show_default=False)] = None,
                  system: Annotated[Optional[str], typer.Option("--system", help="System prompt added to every example.", show_default=False)] = None,
-                 resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of --name from its last checkpoint.")] = False,
-                 restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run of --name and start again.")] = False,
-                 overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a registered model of the same name.")] = False,
+                 resume: ResumeOpt = False, restart: RestartOpt = False, overwrite: OverwriteOpt = False,
                  workspace: WorkspaceOpt = None) -> None:
     """Supervised fine-tuning (LoRA or full) on demonstrations; the result is registered as --name.
 
     Every other setting is in ragtune.toml [train]. Under torchrun/accelerate launch each process
     trains on its share of every batch (gloo on CPU, nccl on GPUs)."""
-    from ragtune.config import TrainConfig
     from ragtune.experiment.tracking import training_tracker
     from ragtune.train.distributed import init_distributed
     from ragtune.train.finetune import finetune
 
     ws = _workspace(workspace)
-    cfg = ws.config.override("train", **{f.name: ctx.params[f.name] for f in fields(TrainConfig) if f.name in ctx.params}).train
+    cfg = _train_config(ws, ctx)
     lead = init_distributed() == 0  # under torchrun only rank 0 draws, logs and prints
     with RichProgress() as progress:
         folder = finetune(ws.root, name, data, cfg, resume=resume, restart=restart, overwrite=overwrite, prompt_field=prompt_field,
@@ -544,9 +574,58 @@ def finetune_sft(ctx: typer.Context,
         _print_card(folder.name, ws, _console())
 
 
+@finetune_app.command("reward")
+def finetune_reward(ctx: typer.Context,
+                    data: Annotated[Path, typer.Option("--data", help="Preferences: pairs (prompt/chosen/rejected, or chosen/rejected), rankings (prompt/completions[/scores]) or likes/dislikes (prompt/completion/label).")],
+                    name: Annotated[str, typer.Option("--name", help="Register the reward model under this name (then: ragtune eval reward --model NAME).")],
+                    base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None, learning_rate: LrOpt = None,
+                    schedule: ScheduleOpt = None, batch_size: BatchOpt = None, grad_accum: AccumOpt = None,
+                    max_length: MaxLenOpt = None, lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None,
+                    eval_fraction: EvalFracOpt = None, seed: SeedOpt = None,
+                    resume: ResumeOpt = False, restart: RestartOpt = False, overwrite: OverwriteOpt = False,
+                    workspace: WorkspaceOpt = None) -> None:
+    """Train a reward model (the base with a scalar head; Bradley-Terry on pairs, cross-entropy on likes/dislikes).
+
+    Held-out pairs (split by prompt) are scored before and after: accuracy with its 95% interval, and
+    the accuracy that "the longer answer wins" reaches on the same pairs."""
+    from ragtune.experiment.tracking import training_tracker
+    from ragtune.train.distributed import init_distributed
+    from ragtune.train.finetune import finetune_reward as train_reward
+
+    ws = _workspace(workspace)
+    lead = init_distributed() == 0
+    with RichProgress() as progress:
+        folder = train_reward(ws.root, name, data, _train_config(ws, ctx), resume=resume, restart=restart, overwrite=overwrite,
+                              on_step=progress.on_step if lead else None, track=training_tracker(ws),
+                              log=progress.log if lead else (lambda line: None))
+    if lead:
+        _print_card(folder.name, ws, _console())
+
+
+@eval_app.command("reward")
+def eval_reward(data: Annotated[Path, typer.Option("--data", help="Preference pairs or rankings (held out from training).")],
+                model: Annotated[str, typer.Option("--model", help="A registered reward model.")],
+                json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures (and every reward) here.", show_default=False)] = None,
+                workspace: WorkspaceOpt = None) -> None:
+    """Pairwise accuracy of a reward model with a bootstrap 95% interval, the mean margin, and the
+    accuracy of "the longer answer wins" (overall and on a length-balanced subset), so a reward
+    that only measures length shows."""
+    from ragtune.train.reward import evaluate_registered
+
+    ws = _workspace(workspace)
+    result = evaluate_registered(ws.root, model, data, ws.config.train.max_length, ws.config.train.batch_size)
+    c = _console()
+    c.print(f"[bold]{model}[/] on {result.pairs} pairs of {data.name}: accuracy {result.accuracy:.3f} "
+            f"(95% {result.accuracy_low:.3f}-{result.accuracy_high:.3f}) · longer answer wins {result.length_baseline_accuracy:.3f}")
+    _print_metrics(result.metrics(), c)
+    if json_out:
+        _write_json(json_out, {**result.metrics(), "rewards_chosen": result.rewards_chosen,
+                               "rewards_rejected": result.rewards_rejected}, c)
+
+
 @models_app.command("list")
 def models_list(workspace: WorkspaceOpt = None) -> None:
-    """Registered models with their base, kind and headline metrics."""
+    """Registered models with their task (sft, reward), kind (lora, full), base and headline metric."""
     from rich.table import Table
 
     from ragtune.models.registry import list_models
@@ -556,11 +635,12 @@ def models_list(workspace: WorkspaceOpt = None) -> None:
     if not cards:
         _console().print("no models yet: `ragtune finetune sft --data FILE --name NAME`")
         return
-    table = Table("name", "kind", "base", "eval loss before → after", "created")
+    table = Table("name", "task", "kind", "base", "before → after", "created")
     for card in cards:
         m = card.metrics
-        table.add_row(card.name, card.kind, card.base.get("name", ""), f"{_fmt(m.get('eval_loss_before'))} → {_fmt(m.get('eval_loss_after'))}",
-                      card.created[:19])
+        key = "accuracy" if card.task == "reward" else "eval_loss"
+        table.add_row(card.name, card.task, card.kind, card.base.get("name", ""),
+                      f"{key.replace('_', ' ')} {_fmt(m.get(f'{key}_before'))} → {_fmt(m.get(f'{key}_after'))}", card.created[:19])
     _console().print(table)
 
 

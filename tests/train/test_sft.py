@@ -146,7 +146,7 @@ def test_adapter_round_trips(tmp_path, tiny_llama_folder, gsm):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ragtune.train.data import load_examples
-    from ragtune.train.sft import build_model, encode, train_loop
+    from ragtune.train.sft import CompletionLoss, build_model, encode, train_loop
 
     ws = untracked(tmp_path / "ws")
     cfg = tiny_config(ws, tiny_llama_folder, epochs=1.0)
@@ -155,7 +155,7 @@ def test_adapter_round_trips(tmp_path, tiny_llama_folder, gsm):
     model = build_model(tiny_llama_folder, cfg, 0)
     layers = model.get_base_model().get_decoder().layers
     hooked = []  # the memory-trimming hooks live only while training
-    train_loop(model, encoded, cfg, tok.pad_token_id, on_step=lambda _: hooked.append(len(layers[0]._forward_hooks)))
+    train_loop(model, encoded, cfg, CompletionLoss(tok.pad_token_id), on_step=lambda _: hooked.append(len(layers[0]._forward_hooks)))
     assert hooked and all(n == 1 for n in hooked) and not layers[0]._forward_hooks and not layers[0]._backward_hooks
     model.save_pretrained(str(tmp_path / "adapter"))
     again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_folder)), str(tmp_path / "adapter"))

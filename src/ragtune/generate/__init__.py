@@ -147,6 +147,12 @@ def _registered_generator(cfg, root: Path, threads: int) -> Generator:
     if cfg.adapter:
         raise ConfigError(f"[generate] adapter = {cfg.adapter!r} cannot be combined with the registered model "
                           f"{cfg.model!r}, which brings its own; set adapter = \"\"")
+    from ragtune.models.registry import load_card
+
+    if load_card(root, cfg.model).task == "reward":
+        raise ConfigError(f"{cfg.model!r} is a reward model: it scores answers, it does not write them; "
+                          f"use it with `ragtune eval reward --model {cfg.model}` or `ragtune score --model {cfg.model}`, "
+                          "and give --model a generator")
     parts = resolve(root, cfg.model)
     return TransformersGenerator(parts.base, cfg, threads, parts.adapter, tokenizer=parts.tokenizer,
                                  name=f"transformers:{cfg.model}")

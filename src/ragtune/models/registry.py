@@ -3,8 +3,9 @@
     adapter/     a PEFT LoRA adapter (safetensors)             kind "lora"
     model/       the whole fine-tuned model (HF folder)        kind "full"
     tokenizer/   the tokenizer files, chat template included
-    card.json    what made it: base model (name, path, sha256), data sha256, the training
-                 config, metrics, training time, package versions, creation time
+    score.safetensors   a reward model's scalar head (task "reward")
+    card.json    what made it: task (sft, reward, ...), base model (name, path, sha256), data
+                 sha256, the training config, metrics, training time, package versions, creation time
     merged/      after ``train.merge``: the adapter folded into the base, a plain HF folder
 
 A trainer writes everything into a staging folder (``staging``) and calls ``register``, which
@@ -39,7 +40,8 @@ from ragtune.models.bundled import MODELS
 MODELS_DIR = "models"  # under the workspace's .ragtune/
 CARD = "card.json"
 FORMAT_VERSION = 1
-KINDS: tuple[str, ...] = ("lora", "full")
+KINDS: tuple[str, ...] = ("lora", "full")  # how the weights are stored
+TASKS: tuple[str, ...] = ("sft", "reward")  # what the model was trained to do (a reward model scores, it does not generate)
 WEIGHTS_DIR = {"lora": "adapter", "full": "model"}
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PACKAGES = ("ragtune", "torch", "transformers", "peft", "safetensors", "tokenizers")
@@ -58,6 +60,7 @@ class ModelCard:
     train_time_s: float = 0.0
     packages: dict[str, str] = field(default_factory=dict)  # versions; filled in by register when empty
     created: str = ""  # ISO time; filled in by register when empty
+    task: str = "sft"  # see TASKS; cards written before there were reward models are "sft"
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -69,6 +72,8 @@ class ModelCard:
             raise ModelError(f"{origin}: {'; '.join(problems)} (a card has: {', '.join(sorted(known))})")
         if data["kind"] not in KINDS:
             raise ModelError(f"{origin}: kind = {data['kind']!r} is not valid; choose one of: {', '.join(KINDS)}")
+        if data.get("task", "sft") not in TASKS:
+            raise ModelError(f"{origin}: task = {data['task']!r} is not valid; choose one of: {', '.join(TASKS)}")
         if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise ModelError(f"{origin}: format_version {data['format_version']} is newer than this ragtune reads "
                              f"({FORMAT_VERSION}); upgrade ragtune")

@@ -78,7 +78,7 @@ def _example(row: Any, n: int, prompt_field: str | None, completion_field: str |
         messages = _prompt_completion(row, n, prompt_field, completion_field)
         used = {prompt_field, completion_field}
     elif "messages" in row:
-        messages, used = _turns(row["messages"], n, "messages"), {"messages"}
+        messages, used = check_turns(row["messages"], n, "messages"), {"messages"}
     elif "prompt" in row or "completion" in row:
         messages, used = _prompt_completion(row, n, "prompt", "completion"), {"prompt", "completion"}
     else:
@@ -93,13 +93,13 @@ def _example(row: Any, n: int, prompt_field: str | None, completion_field: str |
 def _prompt_completion(row: dict, n: int, prompt_key: str, completion_key: str) -> Messages:
     prompt, completion = row.get(prompt_key), row.get(completion_key)
     if isinstance(prompt, list):
-        turns = _turns(prompt, n, prompt_key)
+        turns = check_turns(prompt, n, prompt_key)
     elif isinstance(prompt, str) and prompt.strip():
         turns = [{"role": "user", "content": prompt}]
     else:
         raise ValueError(f"line {n}: missing or empty '{prompt_key}' (a string or a list of messages)")
     if isinstance(completion, list):
-        reply = _turns(completion, n, completion_key)
+        reply = check_turns(completion, n, completion_key)
         if len(reply) != 1 or reply[0]["role"] != "assistant":
             raise ValueError(f"line {n}: '{completion_key}' as a list must hold exactly one assistant message")
         return turns + reply
@@ -108,7 +108,7 @@ def _prompt_completion(row: dict, n: int, prompt_key: str, completion_key: str) 
     return turns + [{"role": "assistant", "content": completion}]
 
 
-def _turns(value: Any, n: int, key: str) -> Messages:
+def check_turns(value: Any, n: int, key: str) -> Messages:
     """A list of {"role", "content"} objects, checked turn by turn (other keys are dropped)."""
     if not isinstance(value, list) or not value:
         raise ValueError(f"line {n}: '{key}' must be a non-empty list of {{\"role\", \"content\"}} objects")

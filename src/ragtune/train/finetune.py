@@ -49,9 +49,6 @@ def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, comple
             system: str | None = None) -> Prepared:
     """Load, check and encode the data for ``cfg``'s base model; every problem is raised before
     any training (``DatasetError`` listing them)."""
-    from transformers import AutoTokenizer
-
-    from ragtune.models.base import materialise_base
     from ragtune.train.data import load_examples, overlap, split
     from ragtune.train.sft import encode
 
@@ -61,14 +58,34 @@ def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, comple
     if clashes:
         raise DatasetError(f"{data}: {len(clashes)} eval example(s) repeat a train prompt, e.g. {clashes[0]}; "
                            "remove the duplicates (or change --seed)")
+    return _encoded(root, data, cfg, train, held_out, encode)
+
+
+def prepare_preferences(root: Path, data: Path, cfg, task: str = "reward") -> Prepared:
+    """``prepare`` for preference data (``train.preferences``): pairs or likes/dislikes, split by prompt."""
+    from ragtune.train.preferences import load_preferences, split_pairs
+    from ragtune.train.reward import encode_item
+
+    prefs = load_preferences(data, task)
+    train, held_out = split_pairs(prefs.pairs or prefs.thumbs, cfg.eval_fraction, cfg.seed)
+    return _encoded(root, data, cfg, train, held_out, encode_item)
+
+
+def _encoded(root: Path, data: Path, cfg, train: list, held_out: list, encode) -> Prepared:
+    """Both splits encoded with the base model's tokenizer (``encode(item, tokenizer, max_length)``);
+    every item that cannot be is listed in one ``DatasetError``."""
+    from transformers import AutoTokenizer
+
+    from ragtune.models.base import materialise_base
+
     base = materialise_base(cfg.base, root)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     encoded, problems = {}, []
     for part, items in (("train", train), ("eval", held_out)):
         encoded[part] = []
-        for ex in items:
+        for item in items:
             try:
-                encoded[part].append(encode(ex, tokenizer, cfg.max_length))
+                encoded[part].append(encode(item, tokenizer, cfg.max_length))
             except DatasetError as e:
                 problems.append(str(e))
     if problems:
@@ -86,7 +103,7 @@ def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, resta
     from ragtune.train import checkpoint
     from ragtune.train.probe import answer_items, checks_record, forgetting, run_checks
     from ragtune.models.registry import check_name, models_dir, registered
-    from ragtune.train.sft import build_model, evaluate_loss, stats_json, train_loop
+    from ragtune.train.sft import CompletionLoss, build_model, evaluate_loss, stats_json, train_loop
 
     check_name(name)
     world = World()
@@ -108,14 +125,14 @@ def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, resta
         log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
     items = answer_items(prepared.examples["eval"], cfg.check_answers)  # held-out prompts with a '#### N' answer
     if "before" not in run:  # the base model (a fresh LoRA adapter changes nothing yet); rank 0 checks
-        run["before"] = {} if start is not None else {"eval_loss": evaluate_loss(model, prepared.eval, cfg.batch_size, pad),
+        run["before"] = {} if start is not None else {"eval_loss": evaluate_loss(model, prepared.eval, cfg.batch_size, CompletionLoss(pad)),
                                                       **(run_checks(model, tok, items, cfg, "base", log) if world.rank == 0 else {})}
         if world.rank == 0:
             write_json(work / "run.json", run)
     log(f"training {name}: {len(prepared.train)} examples ({len(prepared.eval)} held out), {cfg.method}, "
         f"base {prepared.base}")
     started = time.perf_counter()
-    stats = train_loop(model, prepared.train, cfg, pad, eval_set=prepared.eval, on_step=on_step, start=start,
+    stats = train_loop(model, prepared.train, cfg, CompletionLoss(pad), eval_set=prepared.eval, on_step=on_step, start=start,
                        on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
     if world.rank != 0:  # under torchrun: rank 0 registers and tracks
         return models_dir(root) / name
@@ -169,4 +186,75 @@ def _register(root: Path, name: str, model, tokenizer, cfg, prepared: Prepared, 
     write_json(stage / "checks.json", checks)
     card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared.base), data_sha256=prepared.data_sha256,
                      config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds)
+    return register(root, name, stage, card, overwrite=overwrite)
+
+
+def finetune_reward(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False,
+                    overwrite: bool = False, on_step=None, log=print, track: Track | None = None) -> Path:
+    """Train a reward model ``name`` on preference ``data`` (pairs, rankings or likes/dislikes) with
+    ``cfg`` and register it (task "reward"); held-out pairs are scored before and after training."""
+    import torch
+
+    from ragtune.models.registry import check_name, models_dir, registered
+    from ragtune.train import checkpoint
+    from ragtune.train.reward import EncodedPair, PairLoss, ThumbLoss, build_reward_model, evaluate_pairs
+    from ragtune.train.sft import stats_json, train_loop
+
+    check_name(name)
+    world, root = World(), Path(root)
+    if registered(root, name) and not overwrite:
+        raise ModelError(f"a model named {name!r} is already registered; pick another --name, "
+                         f"`ragtune models rm {name}`, or --overwrite")
+    prepared = prepare_preferences(root, data, cfg, "reward")  # bad data stops here, nothing written
+    work = root / STATE_DIR / WORK_DIR / name
+    run = _start(work, name, data, cfg, resume, restart)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tok = prepared.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # rewards are read by mask, not pad id
+    model = build_reward_model(prepared.base, cfg, cfg.seed)
+    objective = PairLoss(pad) if isinstance(prepared.train[0], EncodedPair) else ThumbLoss(pad)
+    held_pairs = [e for e in prepared.eval if isinstance(e, EncodedPair)]
+    start = None
+    if resume and (found := checkpoint.latest(work / "checkpoint")):
+        start = checkpoint.load(found, model)
+        log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
+    if "before" not in run and world.rank == 0:  # the untrained head: about chance
+        run["before"] = evaluate_pairs(model, held_pairs, pad, cfg.batch_size, cfg.seed).metrics() if held_pairs and start is None else {}
+        write_json(work / "run.json", run)
+    unit = "pairs" if isinstance(objective, PairLoss) else "liked/disliked answers"
+    log(f"training reward model {name}: {len(prepared.train)} {unit} ({len(prepared.eval)} held out), {cfg.method}, "
+        f"base {prepared.base}")
+    started = time.perf_counter()
+    stats = train_loop(model, prepared.train, cfg, objective, eval_set=prepared.eval, on_step=on_step, start=start,
+                       on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
+    if world.rank != 0:
+        return models_dir(root) / name
+    after = evaluate_pairs(model, held_pairs, pad, cfg.batch_size, cfg.seed).metrics() if held_pairs else {}
+    before = run.get("before", {})
+    metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
+               "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
+               "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
+               **{f"held_out_{k}" if k == "pairs" else k: v for k, v in after.items() if k != "accuracy"},
+               "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
+               "steps": stats.steps, "examples_seen": stats.examples, "processes": world.size}
+    folder = _register_reward(root, name, model, tok, cfg, prepared, metrics, stats, overwrite)
+    if track is not None:
+        track(name, cfg, metrics, stats_json(stats), folder)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"registered {name} in {folder} ({time.perf_counter() - started:.0f}s)")
+    return folder
+
+
+def _register_reward(root: Path, name: str, model, tokenizer, cfg, prepared: Prepared, metrics: dict, stats,
+                     overwrite: bool) -> Path:
+    from ragtune.models.base import base_identity
+    from ragtune.models.registry import ModelCard, register, staging
+    from ragtune.train.reward import save_reward_model
+
+    stage = staging(root, name)
+    save_reward_model(model, stage, cfg.method)
+    tokenizer.save_pretrained(str(stage / "tokenizer"))
+    card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared.base), data_sha256=prepared.data_sha256,
+                     config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds, task="reward")
     return register(root, name, stage, card, overwrite=overwrite)

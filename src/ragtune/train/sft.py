@@ -53,14 +53,14 @@ def encode(example, tokenizer, max_length: int) -> Encoded:
     are labelled, everything else is not. Relies on the chat template rendering a conversation
     as the rendering of its prefix plus the new turn (true of ChatML and most templates; checked)."""
     messages = example.messages
-    ids = _template_ids(tokenizer, messages, generation_prompt=False)
+    ids = template_ids(tokenizer, messages, generation_prompt=False)
     labels = [IGNORE] * len(ids)
     for i, turn in enumerate(messages):
         if turn["role"] != "assistant":
             continue
-        start = len(_template_ids(tokenizer, messages[:i], generation_prompt=True))
-        end = len(_template_ids(tokenizer, messages[: i + 1], generation_prompt=False))
-        if ids[:end] != _template_ids(tokenizer, messages[: i + 1], generation_prompt=False):
+        start = len(template_ids(tokenizer, messages[:i], generation_prompt=True))
+        end = len(template_ids(tokenizer, messages[: i + 1], generation_prompt=False))
+        if ids[:end] != template_ids(tokenizer, messages[: i + 1], generation_prompt=False):
             raise DatasetError(f"example {example.id}: the chat template does not render turns as prefixes; "
                                "this model's template is not supported for completion-only loss")
         labels[start:end] = ids[start:end]
@@ -70,15 +70,16 @@ def encode(example, tokenizer, max_length: int) -> Encoded:
     return Encoded(example.id, ids, labels)
 
 
-def _template_ids(tokenizer, messages, generation_prompt: bool) -> list[int]:
+def template_ids(tokenizer, messages, generation_prompt: bool) -> list[int]:
     if not messages:
         return []
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
 
-def length_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length; the order of batches is shuffled per epoch.
+def length_batches(encoded: list, batch_size: int, seed: int, epoch: int,
+                   length: Callable[[Any], int] = lambda e: len(e.input_ids)) -> list[list[int]]:
+    """Indices grouped into batches of similar ``length``; the order of batches is shuffled per epoch.
     Examples are shuffled first, then sorted by length inside buckets of 50 batches."""
     rng = random.Random(f"{seed}:{epoch}")
     order = list(range(len(encoded)))
@@ -86,7 +87,7 @@ def length_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: in
     bucket = batch_size * 50
     grouped = []
     for i in range(0, len(order), bucket):
-        chunk = sorted(order[i:i + bucket], key=lambda j: len(encoded[j].input_ids))
+        chunk = sorted(order[i:i + bucket], key=lambda j: length(encoded[j]))
         grouped += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
     rng.shuffle(grouped)
     return grouped
@@ -133,6 +134,31 @@ def completion_loss(model, batch) -> tuple[Any, int]:
     return total, int(wanted.numel())
 
 
+@dataclass
+class Batch:
+    """What an objective computed on one batch: the summed loss and what it is a sum over."""
+
+    loss: Any  # a scalar tensor: the sum over ``units``
+    units: int  # labelled tokens (SFT), pairs or answers (reward models)
+    tokens: int  # real tokens through the model
+    padded: int  # batch x width, padding included
+
+
+class CompletionLoss:
+    """The SFT objective: cross-entropy on the assistant's tokens (``completion_loss``)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def length(self, item: Encoded) -> int:
+        return len(item.input_ids)
+
+    def __call__(self, model, items: list[Encoded]) -> Batch:
+        batch = collate(items, self.pad_id)
+        loss, n = completion_loss(model, batch)
+        return Batch(loss, n, sum(len(e.input_ids) for e in items), batch["input_ids"].numel())
+
+
 def learning_rate(step: int, total: int, peak: float, warmup_ratio: float, schedule: str) -> float:
     """Linear warm-up to ``peak``, then cosine / linear decay to 0 (or constant)."""
     warmup = max(1, int(round(total * warmup_ratio))) if warmup_ratio > 0 else 0
@@ -173,7 +199,7 @@ class Stats:
     steps: int = 0
     examples: int = 0
     tokens: int = 0  # real (non-padding) tokens through the model
-    trained_tokens: int = 0  # tokens that carried loss
+    trained_tokens: int = 0  # units that carried loss: labelled tokens (SFT), pairs or answers (reward models)
     padded_tokens: int = 0  # batch x width, padding included
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)  # per optimiser step: step, loss, lr, tokens_per_s
@@ -184,8 +210,8 @@ class Stats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def evaluate_loss(model, encoded: list[Encoded], batch_size: int, pad_id: int) -> float | None:
-    """Mean loss per labelled token over ``encoded`` (no gradients)."""
+def evaluate_loss(model, encoded: list, batch_size: int, objective) -> float | None:
+    """Mean loss per unit (labelled token, pair, answer) of ``objective`` over ``encoded`` (no gradients)."""
     import torch
 
     if not encoded:
@@ -193,29 +219,31 @@ def evaluate_loss(model, encoded: list[Encoded], batch_size: int, pad_id: int) -
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
-        for idx in length_batches(encoded, batch_size, seed=0, epoch=0):
-            loss, n = completion_loss(model, collate([encoded[i] for i in idx], pad_id))
-            total, count = total + float(loss), count + n
+        for idx in length_batches(encoded, batch_size, seed=0, epoch=0, length=objective.length):
+            b = objective(model, [encoded[i] for i in idx])
+            total, count = total + float(b.loss), count + b.units
     model.train()
     return total / max(count, 1)
 
 
-def train_loop(model, train: list[Encoded], cfg, pad_id: int, eval_set: list[Encoded] | None = None,
+def train_loop(model, train: list, cfg, objective, eval_set: list | None = None,
                on_step: Callable[[dict[str, float]], None] | None = None, start: dict[str, Any] | None = None,
                on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> Stats:
-    """Train ``model`` in place; ``start`` (from a checkpoint) skips the batches already seen.
+    """Train ``model`` in place on ``objective`` (``CompletionLoss`` for SFT; the reward models'
+    ``PairLoss``/``ThumbLoss``: anything with ``length(item)`` and ``(model, items) -> Batch``);
+    ``start`` (from a checkpoint) skips the batches already seen.
 
     ``on_checkpoint(state)`` is called every ``cfg.checkpoint_steps`` optimiser steps and at each
     epoch's end with the loop's position (epoch, batch, step, stats) and the optimiser."""
     hooks = give_back_freed_memory(model)
     try:
-        return _train(model, train, cfg, pad_id, eval_set, on_step, start, on_checkpoint)
+        return _train(model, train, cfg, objective, eval_set, on_step, start, on_checkpoint)
     finally:
         for h in hooks:
             h.remove()
 
 
-def _train(model, train, cfg, pad_id, eval_set, on_step, start, on_checkpoint) -> Stats:
+def _train(model, train, cfg, objective, eval_set, on_step, start, on_checkpoint) -> Stats:
     import torch
 
     world = World()
@@ -231,18 +259,17 @@ def _train(model, train, cfg, pad_id, eval_set, on_step, start, on_checkpoint) -
     model.train()
     best, stale = math.inf, 0
     for epoch in range(first_epoch, math.ceil(cfg.epochs)):
-        batches = length_batches(train, cfg.batch_size, cfg.seed, epoch)
+        batches = length_batches(train, cfg.batch_size, cfg.seed, epoch, length=objective.length)
         limit = len(batches) if epoch + 1 <= cfg.epochs else math.ceil(len(batches) * (cfg.epochs - epoch))
         for b in range(skip if epoch == first_epoch else 0, limit):
             t0 = time.perf_counter()
             chunk = [train[i] for i in batches[b][world.rank::world.size]]  # each process its share of the batch
-            batch = collate(chunk, pad_id) if chunk else None  # a last, small batch may leave a process nothing
-            loss, n = completion_loss(model, batch) if chunk else (None, 0)
-            counts = world.sum([n, len(chunk), sum(len(e.input_ids) for e in chunk),
-                                batch["input_ids"].numel() if chunk else 0, float(loss.detach()) if chunk else 0.0])
+            out = objective(model, chunk) if chunk else None  # a last, small batch may leave a process nothing
+            counts = world.sum([out.units if out else 0, len(chunk), out.tokens if out else 0, out.padded if out else 0,
+                                float(out.loss.detach()) if out else 0.0])
             n, loss_sum = int(counts[0]), counts[4]
-            if chunk:
-                (loss / max(n, 1) / cfg.grad_accum).backward()  # / all processes' tokens: summed grads = the mean
+            if out:
+                (out.loss / max(n, 1) / cfg.grad_accum).backward()  # / all processes' units: summed grads = the mean
             stats.trained_tokens += n
             stats.examples += int(counts[1])
             stats.tokens += int(counts[2])
@@ -266,7 +293,7 @@ def _train(model, train, cfg, pad_id, eval_set, on_step, start, on_checkpoint) -
             if on_checkpoint and world.rank == 0 and stats.steps % cfg.checkpoint_steps == 0 and (b + 1) % cfg.grad_accum == 0:
                 on_checkpoint({"epoch": epoch, "batch": b + 1, "optimizer": optimizer, "stats": stats})
         if eval_set:
-            stats.eval_loss.append(evaluate_loss(model, eval_set, cfg.batch_size, pad_id))
+            stats.eval_loss.append(evaluate_loss(model, eval_set, cfg.batch_size, objective))
         if on_checkpoint and world.rank == 0:
             on_checkpoint({"epoch": epoch + 1, "batch": 0, "optimizer": optimizer, "stats": stats})
         if cfg.early_stopping and stats.eval_loss:
