@@ -623,6 +623,25 @@ def eval_reward(data: Annotated[Path, typer.Option("--data", help="Preference pa
                                "rewards_rejected": result.rewards_rejected}, c)
 
 
+@app.command()
+def score(data: Annotated[Path, typer.Argument(help="JSONL rows to score: prompt/completion (strings or messages) or messages ending with the answer.")],
+          model: Annotated[str, typer.Option("--model", help="A registered reward model.")],
+          out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rows with their reward here (JSONL).", show_default=False)] = None,
+          workspace: WorkspaceOpt = None) -> None:
+    """Score answers with a reward model: each row's reward (higher = preferred)."""
+    from ragtune.train.preferences import write_jsonl
+    from ragtune.train.reward import score_file
+
+    ws = _workspace(workspace)
+    rows = score_file(ws.root, model, data, ws.config.train.max_length, ws.config.train.batch_size)
+    if out:
+        write_jsonl(rows, out)
+    c = _console()
+    for r in rows[:20] if not out else []:
+        c.print(f"{r['reward']:+.4f}  {str(r.get('id', ''))[:24]}")
+    c.print(f"{len(rows)} rows · mean reward {sum(r['reward'] for r in rows) / max(len(rows), 1):+.4f}" + (f" · wrote {out}" if out else ""))
+
+
 @models_app.command("list")
 def models_list(workspace: WorkspaceOpt = None) -> None:
     """Registered models with their task (sft, reward), kind (lora, full), base and headline metric."""
@@ -656,10 +675,12 @@ def _print_card(name: str, ws, c) -> None:
     from ragtune.models.registry import load_card
 
     card = load_card(ws.root, name)
-    c.print(f"[bold]{card.name}[/] ({card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
+    c.print(f"[bold]{card.name}[/] ({card.task}, {card.kind}) · base {card.base.get('name')} sha256 {card.base.get('sha256', '')[:16]} · "
             f"data sha256 {card.data_sha256[:16]} · {card.train_time_s:.0f}s")
     m = card.metrics
-    table = Table("check", "base", "tuned", "change", title="base vs tuned (checks.json has every answer)", title_justify="left")
+    reward = card.task == "reward"
+    table = Table("check", "untrained" if reward else "base", "trained" if reward else "tuned", "change", title_justify="left",
+                  title="held-out pairs, before and after training" if reward else "base vs tuned (checks.json has every answer)")
     for key, label, unit in _CHECKS:
         if m.get(f"{key}_after") is not None:
             change = m.get(f"{key}_change")
@@ -674,7 +695,7 @@ def _print_card(name: str, ws, c) -> None:
                 "try fewer epochs, a lower learning rate or LoRA", soft_wrap=True)
 
 
-_CHECKS = [("eval_loss", "held-out loss", None), ("probe_ppl", "general-text perplexity", "relative"),
+_CHECKS = [("accuracy", "pairs ordered right", "points"), ("eval_loss", "held-out loss", None), ("probe_ppl", "general-text perplexity", "relative"),
            ("general_score", "general prompts right", "points"), ("final_answer_format", "held-out answers ending '#### N'", "points"),
            ("final_answer_em", "held-out final answers right", "points")]
 

@@ -82,6 +82,17 @@ def test_reward_loss_falls_and_separable_pairs_end_up_ordered(ws, cfg, tmp_path)
     assert "longer answer wins 0.500" in r.stdout
     r = run_cli("models", "list", "-w", ws.root)
     assert "reward" in r.stdout and "accuracy" in r.stdout
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"id": "good", "prompt": "What colour is the lamp number 99?", "completion": "Blue."}) + "\n"
+                       + json.dumps({"id": "bad", "messages": [{"role": "user", "content": "What colour is the lamp number 99?"},
+                                                               {"role": "assistant", "content": "Red."}]}) + "\n")
+    r = run_cli("score", answers, "--model", "rm", "-o", tmp_path / "scored.jsonl", "-w", ws.root)
+    assert r.returncode == 0, r.stderr
+    good, bad = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert good["id"] == "good" and good["reward"] > bad["reward"]
+    answers.write_text('{"prompt": "Q?"}\n')
+    r = run_cli("score", answers, "--model", "rm", "-w", ws.root)
+    assert r.returncode != 0 and "line 1: missing 'completion'" in r.stderr
 
 
 def test_bad_preferences_are_refused_before_anything_trains(ws, cfg, tmp_path):

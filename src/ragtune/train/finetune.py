@@ -235,6 +235,7 @@ def finetune_reward(root: Path, name: str, data: Path, cfg, resume: bool = False
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
                "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
                "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
+               "accuracy_change": after["accuracy"] - before["accuracy"] if "accuracy" in after and "accuracy" in before else None,
                **{f"held_out_{k}" if k == "pairs" else k: v for k, v in after.items() if k != "accuracy"},
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
                "steps": stats.steps, "examples_seen": stats.examples, "processes": world.size}

@@ -145,8 +145,8 @@ def _items(row: dict, n: int, kind: str) -> Iterator[Pair | Thumb]:
         label = row.get("label")
         if not isinstance(label, bool):
             raise ValueError(f"line {n}: 'label' must be true (liked) or false (disliked), got {label!r}")
-        prompt = _prompt(row.get("prompt"), n)
-        yield Thumb(rid, prompt, _answer(row.get("completion"), n, "completion"), label, meta)
+        prompt = prompt_turns(row.get("prompt"), n)
+        yield Thumb(rid, prompt, answer_turns(row.get("completion"), n, "completion"), label, meta)
     elif kind == "rankings":
         yield from _ranking_pairs(row, n, rid, meta)
     else:
@@ -158,8 +158,8 @@ def _pair(row: dict, n: int, rid: str, meta: dict) -> Pair:
         if key not in row:
             raise ValueError(f"line {n}: missing '{key}' (a pair needs 'chosen' and 'rejected')")
     if "prompt" in row:
-        prompt = _prompt(row["prompt"], n)
-        chosen, rejected = _answer(row["chosen"], n, "chosen"), _answer(row["rejected"], n, "rejected")
+        prompt = prompt_turns(row["prompt"], n)
+        chosen, rejected = answer_turns(row["chosen"], n, "chosen"), answer_turns(row["rejected"], n, "rejected")
     else:
         prompt, chosen, rejected = _implicit(row["chosen"], row["rejected"], n)
     if chosen == rejected:
@@ -168,11 +168,11 @@ def _pair(row: dict, n: int, rid: str, meta: dict) -> Pair:
 
 
 def _ranking_pairs(row: dict, n: int, rid: str, meta: dict) -> Iterator[Pair]:
-    prompt = _prompt(row.get("prompt"), n)
+    prompt = prompt_turns(row.get("prompt"), n)
     completions = row.get("completions")
     if not isinstance(completions, list) or len(completions) < 2:
         raise ValueError(f"line {n}: 'completions' must be a list of at least two answers, best first")
-    answers = [_answer(c, n, f"completions[{i}]") for i, c in enumerate(completions)]
+    answers = [answer_turns(c, n, f"completions[{i}]") for i, c in enumerate(completions)]
     scores = row.get("scores")
     if scores is not None:
         if (not isinstance(scores, list) or len(scores) != len(answers)
@@ -191,7 +191,7 @@ def _ranking_pairs(row: dict, n: int, rid: str, meta: dict) -> Iterator[Pair]:
     yield from pairs
 
 
-def _prompt(value: Any, n: int) -> Messages:
+def prompt_turns(value: Any, n: int) -> Messages:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError(f"line {n}: 'prompt' is empty")
@@ -204,7 +204,7 @@ def _prompt(value: Any, n: int) -> Messages:
     return turns
 
 
-def _answer(value: Any, n: int, key: str) -> Messages:
+def answer_turns(value: Any, n: int, key: str) -> Messages:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError(f"line {n}: '{key}' is empty")
@@ -228,7 +228,7 @@ def _implicit(chosen: Any, rejected: Any, n: int) -> tuple[Messages, Messages, M
         if not prompt:
             raise ValueError(f"line {n}: 'chosen' and 'rejected' share no beginning, so there is no implicit prompt; "
                              "give 'prompt' explicitly")
-        return _prompt(prompt, n), _answer(chosen[cut:], n, "chosen"), _answer(rejected[cut:], n, "rejected")
+        return prompt_turns(prompt, n), answer_turns(chosen[cut:], n, "chosen"), answer_turns(rejected[cut:], n, "rejected")
     if isinstance(chosen, list) and isinstance(rejected, list):
         a, b = check_turns(chosen, n, "chosen"), check_turns(rejected, n, "rejected")
         shared = 0
@@ -241,7 +241,7 @@ def _implicit(chosen: Any, rejected: Any, n: int) -> tuple[Messages, Messages, M
         if prompt[-1]["role"] != "user":
             raise ValueError(f"line {n}: the conversations part after a {prompt[-1]['role']} turn; the shared part "
                              "(the implicit prompt) must end with a user turn")
-        return prompt, _answer(a[shared:] or None, n, "chosen"), _answer(b[shared:] or None, n, "rejected")
+        return prompt, answer_turns(a[shared:] or None, n, "chosen"), answer_turns(b[shared:] or None, n, "rejected")
     raise ValueError(f"line {n}: 'chosen' and 'rejected' must both be strings or both lists of messages")
 
 

@@ -205,12 +205,15 @@ def score_rows(model, rows: list[list[int]], pad_id: int, batch_size: int = 8) -
 
     out: list[float] = [0.0] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             r, _, _ = rewards(model, [rows[j] for j in idx], pad_id)
             for j, value in zip(idx, r.tolist()):
                 out[j] = value
+    model.train(was_training)
     return out
 
 
@@ -299,3 +302,38 @@ def evaluate_registered(root: Path, name: str, data: Path, max_length: int, batc
         raise DatasetError(f"{data}: {len(problems)} pair(s) cannot be scored:\n  " + "\n  ".join(problems[:10]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return evaluate_pairs(model, encoded, pad, batch_size, seed)
+
+
+def score_file(root: Path, name: str, data: Path, max_length: int, batch_size: int = 8) -> list[dict[str, Any]]:
+    """Every row of ``data`` with its ``reward`` under the registered reward model ``name``. A row is a
+    conversation ending with the assistant's answer: ``{"prompt", "completion"}`` (strings or messages)
+    or ``{"messages": [...]}``; bad rows are listed by line before anything is scored."""
+    from ragtune.files import read_jsonl
+    from ragtune.train.data import MAX_ERRORS, check_turns
+    from ragtune.train.preferences import answer_turns, prompt_turns
+
+    rows, conversations, errors = [], [], []
+    for n, row in read_jsonl(data):
+        try:
+            if isinstance(row, ValueError):
+                raise row
+            if not isinstance(row, dict):
+                raise ValueError(f"line {n}: expected a JSON object, got {type(row).__name__}")
+            if "messages" in row:
+                turns = check_turns(row["messages"], n, "messages")
+                if turns[-1]["role"] != "assistant":
+                    raise ValueError(f"line {n}: the conversation must end with the assistant's answer (what is scored)")
+            else:
+                turns = prompt_turns(row.get("prompt"), n) + answer_turns(row.get("completion"), n, "completion")
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        rows.append(row)
+        conversations.append(turns)
+    if errors:
+        more = f" (and {len(errors) - MAX_ERRORS} more)" if len(errors) > MAX_ERRORS else ""
+        raise DatasetError(f"{data}: {len(errors)} bad row(s){more}:\n  " + "\n  ".join(errors[:MAX_ERRORS]))
+    model, tokenizer = load_registered(root, name)
+    ids = [_checked(str(r.get("id", i + 1)), conversation_ids(tokenizer, t), max_length) for i, (r, t) in enumerate(zip(rows, conversations))]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return [{**r, "reward": value} for r, value in zip(rows, score_rows(model, ids, pad, batch_size))]
