@@ -64,7 +64,8 @@ def arm_ours(args, base, tokenizer) -> dict:
 
     train, held = data(args, tokenizer)
     cfg = Config().override("train", method="lora", batch_size=args.batch, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                            learning_rate=args.lr, epochs=1.0, warmup_ratio=0.0, max_length=args.max_length).train
+                            learning_rate=args.lr, epochs=1.0, warmup_ratio=0.0, max_length=args.max_length,
+                            activation_checkpointing=not args.no_checkpointing).train
     model = build_reward_model(base, cfg, 0)
     marks = []
     pad = tokenizer.pad_token_id
@@ -160,6 +161,7 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-checkpointing", action="store_true", help="ours without activation checkpointing (as TRL runs here)")
     ap.add_argument("--arms", default="ours-lora,trl-lora")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ragtune-reward-bench"))
@@ -189,7 +191,8 @@ def main() -> None:
         res["memory_vs_trl"] = ours["peak_rss_mb"] / trl["peak_rss_mb"]
         print(f"ours vs TRL: accuracy {res['accuracy_vs_trl']:+.3f} (target >= -0.01), {res['speedup_vs_trl']:.2f}x tokens/s "
               f"(target >= 1.5x), {res['memory_vs_trl']:.2f}x peak RSS (target <= 0.5x)")
-    save_results(args.out, "reward-hh", res, stamp)
+    res["ours_activation_checkpointing"] = not args.no_checkpointing
+    save_results(args.out, "reward-hh" + ("-no-checkpointing" if args.no_checkpointing else ""), res, stamp)
 
 
 if __name__ == "__main__":
