@@ -1,9 +1,13 @@
-"""What every benchmark script shares: a UTC stamp for its run, and saving its figures as
-results/<prefix>-<stamp>.json plus results/<prefix>-latest.json (the one the docs quote)."""
+"""What every benchmark script shares: a UTC stamp for its run, saving its figures as
+results/<prefix>-<stamp>.json plus results/<prefix>-latest.json (the one the docs quote), and
+running an arm in a process of its own."""
 from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 
@@ -17,3 +21,14 @@ def save_results(out: Path, prefix: str, res: dict, stamp: str) -> Path:
     for name in (f"{prefix}-{stamp}.json", f"{prefix}-latest.json"):
         (out / name).write_text(json.dumps(res, indent=2) + "\n")
     return out / f"{prefix}-{stamp}.json"
+
+
+def run_arm(script: str, arm: str) -> dict:
+    """Run ``script --arm ARM`` (plus this process's arguments) in its own process, so peak RSS is
+    the arm's alone; its figures are the JSON after ``RESULT `` on stdout, with ``wall_s`` added."""
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, script, "--arm", arm, *sys.argv[1:]], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{arm} failed:\n{out.stderr[-3000:]}")
+    return {**json.loads(line[7:]), "wall_s": time.perf_counter() - t}

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import save_results, utc_stamp  # noqa: E402
+from common import run_arm, save_results, utc_stamp  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -175,12 +174,7 @@ def main() -> None:
            "max_length": args.max_length, "lora_r": args.lora_r, "lr": args.lr, "started_utc": stamp,
            "loadavg_at_start": os.getloadavg(), "command": " ".join([sys.executable, *sys.argv]), "arms": {}}
     for arm in args.arms.split(","):
-        t = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--arm", arm, *sys.argv[1:]], capture_output=True, text=True)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{arm} failed:\n{out.stderr[-3000:]}")
-        r = res["arms"][arm] = {**json.loads(line[7:]), "wall_s": time.perf_counter() - t}
+        r = res["arms"][arm] = run_arm(__file__, arm)
         print(f"{arm:>9}: accuracy {r['accuracy']:.3f} (95% {r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}) on {r['pairs']} held-out "
               f"pairs · balanced {r['balanced_accuracy']:.3f} · longer-wins {r['length_baseline_accuracy']:.3f} · "
               f"{r['tokens_per_s']:.1f} tokens/s · peak RSS {r['peak_rss_mb']:.0f} MB · {r['steps']} steps", flush=True)

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import save_results, utc_stamp  # noqa: E402
+from common import run_arm, save_results, utc_stamp  # noqa: E402
 
 
 def examples(args, tokenizer):
@@ -130,13 +129,7 @@ def main() -> None:
     res = {"data": str(args.data), "steps": args.steps, "batch": args.batch, "max_length": args.max_length, "lora_r": args.lora_r,
            "started_utc": stamp, "loadavg_at_start": os.getloadavg(), "command": " ".join([sys.executable, *sys.argv]), "arms": {}}
     for arm in args.arms.split(","):
-        cmd = [sys.executable, __file__, "--arm", arm, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{arm} failed:\n{out.stderr[-3000:]}")
-        res["arms"][arm] = json.loads(line[7:])
-        r = res["arms"][arm]
+        r = res["arms"][arm] = run_arm(__file__, arm)
         print(f"{arm:>10}: {r['tokens_per_s']:7.1f} real tokens/s · peak RSS {r['peak_rss_mb']:7.0f} MB · {r['steps']} steps"
               + (f" · padding {r['padding']:.1%}" if r.get("padding") is not None else ""), flush=True)
     if "ours-lora" in res["arms"] and "trl-lora" in res["arms"]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ragtune.errors import DatasetError
 from ragtune.train.preferences import Pair, Thumb
-from ragtune.train.sft import Batch, template_ids
+from ragtune.train.sft import Batch, pad_rows, template_ids
 
 HEAD_FILE = "score.safetensors"
 BOOTSTRAP = 1000  # resamples for the accuracy interval
@@ -144,20 +144,8 @@ def load_reward_model(base: Path, adapter: Path | None, folder: Path):
 
 
 # -- objectives for the training loop --------------------------------------------------------------
-def _pad(rows: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def rewards(model, rows: list[list[int]], pad_id: int):
-    ids, mask = _pad(rows, pad_id)
+    ids, mask = pad_rows(rows, pad_id)
     return model(ids, mask), int(mask.sum()), ids.numel()
 
 

@@ -93,19 +93,23 @@ def length_batches(encoded: list, batch_size: int, seed: int, epoch: int,
     return grouped
 
 
-def collate(encoded: list[Encoded], pad_id: int):
-    """Right-padded tensors: input_ids, attention_mask, labels (padding is -100)."""
+def pad_rows(rows: list[list[int]], pad_id: int):
+    """Right-padded (ids, attention_mask) tensors of token rows of different lengths."""
     import torch
 
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def collate(encoded: list[Encoded], pad_id: int):
+    """Right-padded tensors: input_ids, attention_mask, labels (padding is -100)."""
+    ids, mask = pad_rows([e.input_ids for e in encoded], pad_id)
+    labels, _ = pad_rows([e.labels for e in encoded], IGNORE)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
