@@ -124,3 +124,19 @@ def llama_server():
     yield base
     proc.terminate()
     proc.wait(timeout=20)
+
+
+COLOURS = ["ball", "cup", "kite", "door", "shirt", "boat", "lamp", "book", "car", "hat", "vase", "bag"]
+
+
+def toy_pairs(path, n=48):
+    """Chosen answers say blue, rejected ones red; the longer answer is chosen in half of them."""
+    rows = []
+    for i in range(n):
+        thing = f"{COLOURS[i % len(COLOURS)]} number {i}"
+        long_blue, short_red = f"The {thing} is blue, I am quite sure of it.", "Red."
+        short_blue, long_red = "Blue.", f"The {thing} is red, I am quite sure of it."
+        chosen, rejected = (long_blue, short_red) if i % 2 else (short_blue, long_red)
+        rows.append({"id": f"t{i}", "prompt": f"What colour is the {thing}?", "chosen": chosen, "rejected": rejected})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -29,7 +29,7 @@ runs_app = typer.Typer(help="Tracked evaluation runs (.ragtune/runs/, MLflow).",
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
-finetune_app = typer.Typer(help="Fine-tune: the generator on demonstrations (sft); reward models on preferences (reward).", no_args_is_help=True)
+finetune_app = typer.Typer(help="Fine-tune: the generator on demonstrations (sft) or preferences (dpo, kto, rl); reward models on preferences (reward).", no_args_is_help=True)
 models_app = typer.Typer(help="Fine-tuned models registered in the workspace (.ragtune/models/).", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(runs_app, name="runs")
@@ -602,6 +602,61 @@ def finetune_reward(ctx: typer.Context,
         _print_card(folder.name, ws, _console())
 
 
+def _finetune_direct(ctx: typer.Context, loss: str, data: Path, name: str, beta: Optional[float], resume: bool, restart: bool,
+                     overwrite: bool, workspace: Optional[Path]) -> None:
+    from ragtune.experiment.tracking import training_tracker
+    from ragtune.train.distributed import init_distributed
+    from ragtune.train.finetune import finetune_direct
+
+    ws = _workspace(workspace)
+    pcfg = ws.config.override("preference", beta=beta).preference
+    lead = init_distributed() == 0
+    with RichProgress() as progress:
+        folder = finetune_direct(ws.root, name, data, _train_config(ws, ctx), pcfg, loss, resume=resume, restart=restart,
+                                 overwrite=overwrite, on_step=progress.on_step if lead else None, track=training_tracker(ws),
+                                 log=progress.log if lead else (lambda line: None))
+    if lead:
+        _print_card(folder.name, ws, _console())
+
+
+BetaOpt = Annotated[Optional[float], typer.Option("--beta", help="Pull towards the base model: higher = stay closer ([preference] beta).", show_default=False)]
+
+
+@finetune_app.command("dpo")
+def finetune_dpo(ctx: typer.Context,
+                 data: Annotated[Path, typer.Option("--data", help="Preference pairs (prompt/chosen/rejected, or chosen/rejected) or rankings (prompt/completions[/scores]).")],
+                 name: Annotated[str, typer.Option("--name", help="Register the tuned generator under this name (then: ragtune ask --model NAME).")],
+                 beta: BetaOpt = None, base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None,
+                 learning_rate: LrOpt = None, schedule: ScheduleOpt = None, batch_size: BatchOpt = None,
+                 grad_accum: AccumOpt = None, max_length: MaxLenOpt = None, lora_r: LoraROpt = None,
+                 lora_alpha: LoraAlphaOpt = None, eval_fraction: EvalFracOpt = None, seed: SeedOpt = None,
+                 resume: ResumeOpt = False, restart: RestartOpt = False, overwrite: OverwriteOpt = False,
+                 workspace: WorkspaceOpt = None) -> None:
+    """Direct preference optimisation: the generator learns from pairs without a reward model.
+
+    The base model's log-probs are computed once before training and cached (no second model in
+    memory). After training: held-out pairs ordered by the implicit reward (with its 95% interval),
+    and the forgetting checks against the base. --base takes a registered sft model too."""
+    _finetune_direct(ctx, "dpo", data, name, beta, resume, restart, overwrite, workspace)
+
+
+@finetune_app.command("kto")
+def finetune_kto(ctx: typer.Context,
+                 data: Annotated[Path, typer.Option("--data", help="Likes/dislikes (prompt/completion/label), or pairs (each gives one liked and one disliked answer).")],
+                 name: Annotated[str, typer.Option("--name", help="Register the tuned generator under this name (then: ragtune ask --model NAME).")],
+                 beta: BetaOpt = None, base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None,
+                 learning_rate: LrOpt = None, schedule: ScheduleOpt = None, batch_size: BatchOpt = None,
+                 grad_accum: AccumOpt = None, max_length: MaxLenOpt = None, lora_r: LoraROpt = None,
+                 lora_alpha: LoraAlphaOpt = None, eval_fraction: EvalFracOpt = None, seed: SeedOpt = None,
+                 resume: ResumeOpt = False, restart: RestartOpt = False, overwrite: OverwriteOpt = False,
+                 workspace: WorkspaceOpt = None) -> None:
+    """KTO: the generator learns from single liked or disliked answers (thumbs up/down), no pairs needed.
+
+    Liked/disliked weights are [preference] desirable_weight / undesirable_weight; the base model's
+    log-probs are cached as for DPO. Trained from pairs, it is measured on held-out pairs like DPO."""
+    _finetune_direct(ctx, "kto", data, name, beta, resume, restart, overwrite, workspace)
+
+
 @eval_app.command("reward")
 def eval_reward(data: Annotated[Path, typer.Option("--data", help="Preference pairs or rankings (held out from training).")],
                 model: Annotated[str, typer.Option("--model", help="A registered reward model.")],
@@ -657,7 +712,7 @@ def models_list(workspace: WorkspaceOpt = None) -> None:
     table = Table("name", "task", "kind", "base", "before → after", "created")
     for card in cards:
         m = card.metrics
-        key = "accuracy" if card.task == "reward" else "eval_loss"
+        key = _HEADLINE.get(card.task, "eval_loss")
         table.add_row(card.name, card.task, card.kind, card.base.get("name", ""),
                       f"{key.replace('_', ' ')} {_fmt(m.get(f'{key}_before'))} → {_fmt(m.get(f'{key}_after'))}", card.created[:19])
     _console().print(table)
@@ -685,7 +740,8 @@ def _print_card(name: str, ws, c) -> None:
         if m.get(f"{key}_after") is not None:
             change = m.get(f"{key}_change")
             table.add_row(label, _fmt(m.get(f"{key}_before")), _fmt(m.get(f"{key}_after")),
-                          "" if change is None else f"{change:+.1%}" if unit == "relative" else f"{100 * change:+.1f} points")
+                          "" if change is None else f"{change:+.1%}" if unit == "relative" else f"{change:+.3f}" if unit == "absolute"
+                          else f"{100 * change:+.1f} points")
     c.print(table)
     shown = {f"{key}_{part}" for key, _, _ in _CHECKS for part in ("before", "after", "change")}
     _print_metrics({k: v for k, v in m.items() if k not in shown and not isinstance(v, (list, dict))}, c)
@@ -695,7 +751,8 @@ def _print_card(name: str, ws, c) -> None:
                 "try fewer epochs, a lower learning rate or LoRA", soft_wrap=True)
 
 
-_CHECKS = [("accuracy", "pairs ordered right", "points"), ("eval_loss", "held-out loss", None), ("probe_ppl", "general-text perplexity", "relative"),
+_HEADLINE = {"reward": "accuracy", "dpo": "probe_ppl", "kto": "probe_ppl", "rl": "reward_score"}  # models list's before → after
+_CHECKS = [("accuracy", "pairs ordered right", "points"), ("reward_score", "reward-model score of answers", "absolute"), ("eval_loss", "held-out loss", None), ("probe_ppl", "general-text perplexity", "relative"),
            ("general_score", "general prompts right", "points"), ("final_answer_format", "held-out answers ending '#### N'", "points"),
            ("final_answer_em", "held-out final answers right", "points")]
 

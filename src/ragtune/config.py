@@ -137,6 +137,33 @@ class TrainConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Learning from preferences without a reward model (`ragtune finetune dpo|kto`); [train] holds the rest."""
+
+    beta: float = _f(0.1, "How far from the base model the tuned one may move: higher = stay closer (DPO/KTO's beta).")
+    label_smoothing: float = _f(0.0, "DPO: assume this share of the pairs is labelled the wrong way round (conservative DPO); 0 = off.")
+    desirable_weight: float = _f(1.0, "KTO: weight of liked answers (raise it when there are fewer likes than dislikes).")
+    undesirable_weight: float = _f(1.0, "KTO: weight of disliked answers.")
+
+
+@dataclass
+class RLConfig:
+    """On-policy optimisation against a reward model (`ragtune finetune rl`); [train] holds the model and optimiser settings."""
+
+    algorithm: Literal["rloo", "grpo"] = _f("rloo", "rloo = REINFORCE with the other samples of the prompt as baseline, KL folded into the reward; grpo = group-normalised advantages, KL as a loss term (kl_coef must be > 0).")
+    samples: int = _f(4, "Answers sampled per prompt (the group the baseline comes from; at least 2).")
+    prompts_per_step: int = _f(4, "Prompts per optimiser step (prompts x samples answers are generated in one batch).")
+    steps: int = _f(50, "Optimiser steps (each on freshly sampled answers); the prompts are cycled in a seeded order.")
+    max_new_tokens: int = _f(64, "Most tokens per sampled answer; an answer cut there counts as truncated.")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_k: int = _f(0, "Sample from the top-k tokens only; 0 = the whole vocabulary.")
+    kl_coef: float = _f(0.05, "Weight of the KL divergence to the base model (the reference): the price of moving away from it.")
+    kl_stop: float = _f(20.0, "Stop when the mean sequence KL to the base exceeds this (nats) for 3 steps in a row: the policy is drifting; 0 = never.")
+    length_penalty: float = _f(0.0, "Subtract this per generated token from the reward (fights answers that win by length).")
+    truncation_penalty: float = _f(0.0, "Subtract this from the reward of answers cut at max_new_tokens.")
+
+
+@dataclass
 class ExperimentConfig:
     """Tracking evaluation runs (`ragtune eval qa`, `ragtune experiment run`)."""
 
@@ -153,6 +180,8 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @classmethod

@@ -9,7 +9,6 @@ resumed sweep can log what an interruption left unlogged.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -111,13 +110,14 @@ def _metrics(values: dict[str, Any]) -> list:
 
 def training_tracker(ws):
     """The ``track`` callback of ``train.finetune.finetune`` for this workspace (None when tracking
-    is off): MLflow experiment "finetune", the config as params, the loss per step, the card."""
+    is off): MLflow experiment "finetune", the settings as params ("train.lr", "preference.beta", ...),
+    the loss per step, the card."""
     tracker = tracker_for(ws)
     if tracker is None:
         return None
 
-    def track(name: str, cfg, metrics: dict[str, Any], stats: dict[str, Any], folder: Path) -> None:
-        params = {f"train.{k}": v for k, v in flatten(dataclasses.asdict(cfg)).items()}
+    def track(name: str, settings: dict[str, dict], metrics: dict[str, Any], stats: dict[str, Any], folder: Path) -> None:
+        params = {f"{section}.{k}": v for section, values in settings.items() for k, v in flatten(values).items()}
         losses = [(h["step"], h["loss"]) for h in stats["history"]]
         tracker.log_training("finetune", name, params, metrics, losses, folder / "card.json")
 

@@ -1,5 +1,9 @@
-"""``ragtune finetune sft``: data -> checked examples -> base model -> training (resumable) ->
-registered model with its card.
+"""``ragtune finetune sft|reward|dpo|kto``: data -> checked examples -> base model -> training
+(resumable) -> registered model with its card.
+
+One driver (``train_and_register``) runs every kind; a ``Recipe`` says what differs: how the data
+is read and encoded, which model is built, which objective trains it, what is measured before and
+after, and what is saved. ``finetune``, ``finetune_reward`` and ``finetune_direct`` pick the recipe.
 
 Everything happens under a workspace folder ``root`` (no ``Workspace``: the caller assembles the
 config); tracking is a callback (``track``), so training knows nothing of MLflow.
@@ -41,8 +45,9 @@ class Prepared:
     data_sha256: str
 
 
-# what a finished run reports to its tracker: name, config, metrics, step statistics, registered folder
-Track = Callable[[str, Any, dict, dict, Path], None]
+# what a finished run reports to its tracker: name, settings ({"train": ..., other sections}), metrics,
+# step statistics, registered folder
+Track = Callable[[str, dict, dict, dict, Path], None]
 
 
 def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, completion_field: str | None = None,
@@ -58,101 +63,342 @@ def prepare(root: Path, data: Path, cfg, prompt_field: str | None = None, comple
     if clashes:
         raise DatasetError(f"{data}: {len(clashes)} eval example(s) repeat a train prompt, e.g. {clashes[0]}; "
                            "remove the duplicates (or change --seed)")
-    return _encoded(root, data, cfg, train, held_out, encode)
+    return _encoded(root, data, cfg, train, held_out, each(encode))
 
 
 def prepare_preferences(root: Path, data: Path, cfg, task: str = "reward") -> Prepared:
-    """``prepare`` for preference data (``train.preferences``): pairs or likes/dislikes, split by prompt."""
+    """``prepare`` for preference data (``train.preferences``), split by prompt, encoded for ``task``:
+    reward models read whole conversations (``reward.encode_item``); DPO labels the answers of pairs
+    (``direct.encode_choice``); KTO trains on liked/disliked answers (a pair gives one of each) and
+    is measured on held-out pairs when the file has pairs."""
+    from ragtune.train.direct import encode_answers, encode_choice, thumbs_of
     from ragtune.train.preferences import load_preferences, split_pairs
     from ragtune.train.reward import encode_item
 
     prefs = load_preferences(data, task)
     train, held_out = split_pairs(prefs.pairs or prefs.thumbs, cfg.eval_fraction, cfg.seed)
-    return _encoded(root, data, cfg, train, held_out, encode_item)
+    if task == "reward":
+        return _encoded(root, data, cfg, train, held_out, each(encode_item))
+    if task == "dpo":
+        return _encoded(root, data, cfg, train, held_out, each(encode_choice))
+    return _encoded(root, data, cfg, train, held_out, lambda items, tok, n: encode_answers(thumbs_of(items), tok, n),
+                    each(encode_choice) if prefs.pairs else None)
 
 
-def _encoded(root: Path, data: Path, cfg, train: list, held_out: list, encode) -> Prepared:
-    """Both splits encoded with the base model's tokenizer (``encode(item, tokenizer, max_length)``);
-    every item that cannot be is listed in one ``DatasetError``."""
-    from transformers import AutoTokenizer
-
-    from ragtune.models.base import materialise_base
-
-    base = materialise_base(cfg.base, root)
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    encoded, problems = {}, []
-    for part, items in (("train", train), ("eval", held_out)):
-        encoded[part] = []
+def each(encode_one):
+    """A list encoder (``(items, tokenizer, max_length) -> (encoded, problems)``) from one for single items."""
+    def encode(items: list, tokenizer, max_length: int) -> tuple[list, list[str]]:
+        encoded, problems = [], []
         for item in items:
             try:
-                encoded[part].append(encode(item, tokenizer, cfg.max_length))
+                encoded.append(encode_one(item, tokenizer, max_length))
             except DatasetError as e:
                 problems.append(str(e))
+        return encoded, problems
+
+    return encode
+
+
+def _encoded(root: Path, data: Path, cfg, train: list, held_out: list, encode, encode_held_out=None) -> Prepared:
+    """Both splits encoded with the base model's tokenizer (``encode(items, tokenizer, max_length) ->
+    (encoded, problems)``; the held-out split with ``encode_held_out`` when given); every item that
+    cannot be is listed in one ``DatasetError``."""
+    from transformers import AutoTokenizer
+
+    base = base_folder(cfg.base, root)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    encoded_train, problems = encode(train, tokenizer, cfg.max_length)
+    encoded_eval, more = (encode_held_out or encode)(held_out, tokenizer, cfg.max_length) if held_out else ([], [])
+    problems += more
     if problems:
         raise DatasetError(f"{data}: {len(problems)} example(s) cannot be trained on:\n  " + "\n  ".join(problems[:10]))
-    return Prepared(base, tokenizer, encoded["train"], encoded["eval"], {"train": train, "eval": held_out}, sha256_file(data))
+    return Prepared(base, tokenizer, encoded_train, encoded_eval, {"train": train, "eval": held_out}, sha256_file(data))
 
 
-def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
-             prompt_field: str | None = None, completion_field: str | None = None, system: str | None = None,
-             on_step=None, log=print, track: Track | None = None) -> Path:
-    """Train ``name`` on ``data`` with ``cfg`` (a ``TrainConfig``) and register it in the workspace
-    folder ``root``; returns the model's folder. ``track`` gets the finished run (rank 0 only)."""
+def base_folder(base: str, root: Path) -> Path:
+    """The Hugging Face folder to train from: a bundled model or a local folder (``models.base``), or
+    a model registered in this workspace (a fine-tuned generator: its adapter is merged into its
+    base once, into ``.ragtune/base/NAME-HASH``)."""
+    from ragtune.models.base import BASE_DIR, materialise_base
+    from ragtune.models.registry import load_card, model_sha256, registered, resolve
+
+    if not registered(root, base):
+        return materialise_base(base, root)
+    card = load_card(root, base)
+    if card.task == "reward":
+        raise ConfigError(f"--base {base!r} is a reward model; start from a generator (a bundled model, a folder, "
+                          "or a registered sft/dpo/kto/rl model)")
+    if card.kind == "full":
+        return resolve(root, base).base
+    dest = Path(root) / STATE_DIR / BASE_DIR / f"{base}-{model_sha256(root, base)[:16]}"
+    if not (dest / "config.json").is_file():
+        from ragtune.train.merge import merge
+
+        merge(root, base, dest, overwrite=True)
+    return dest
+
+
+# -- one driver for every kind of fine-tuning ------------------------------------------------------
+class Recipe:
+    """What one kind of fine-tuning puts into ``train_and_register``; the SFT recipe is this class."""
+
+    task = "sft"  # the registry's task
+    unit = "examples"  # what the training data counts, for the log
+
+    def __init__(self, prompt_field: str | None = None, completion_field: str | None = None, system: str | None = None) -> None:
+        self.fields = (prompt_field, completion_field, system)
+
+    def settings(self) -> dict[str, Any]:
+        """Settings beyond [train] that shape the result (recorded on the card and tracked): section -> values."""
+        return {}
+
+    def prepare(self, root: Path, data: Path, cfg) -> Prepared:
+        return prepare(root, data, cfg, *self.fields)
+
+    def build(self, prepared: Prepared, cfg):
+        from ragtune.train.sft import build_model
+
+        return build_model(prepared.base, cfg, cfg.seed)
+
+    def ready(self, model, prepared: Prepared, cfg, work: Path, resumed: bool, log) -> None:
+        """Anything computed once before the first step (DPO/KTO: the reference log-probs)."""
+        from ragtune.train.probe import answer_items
+
+        self.pad = _pad_id(prepared.tokenizer)
+        self.items = answer_items(prepared.examples["eval"], cfg.check_answers)  # held-out prompts with a '#### N' answer
+
+    def objective(self, prepared: Prepared, cfg):
+        from ragtune.train.sft import CompletionLoss
+
+        return CompletionLoss(self.pad)
+
+    def eval_set(self, prepared: Prepared) -> list | None:
+        return prepared.eval
+
+    def train(self, model, prepared: Prepared, cfg, start, on_step, on_checkpoint):
+        from ragtune.train.sft import train_loop
+
+        return train_loop(model, prepared.train, cfg, self.objective(prepared, cfg), eval_set=self.eval_set(prepared),
+                          on_step=on_step, start=start, on_checkpoint=on_checkpoint)
+
+    def measure(self, model, prepared: Prepared, cfg, which: str, log) -> dict[str, Any]:
+        """Figures of the model before ("base") and after ("tuned") training, on the same inputs."""
+        from ragtune.train.probe import run_checks
+        from ragtune.train.sft import CompletionLoss, evaluate_loss
+
+        out = {"eval_loss": evaluate_loss(model, prepared.eval, cfg.batch_size, CompletionLoss(self.pad))} if which == "base" else {}
+        return {**out, **run_checks(model, prepared.tokenizer, self.items, cfg, which, log)}
+
+    def metrics(self, before: dict, after: dict, stats, cfg) -> dict[str, Any]:
+        from ragtune.train.probe import forgetting
+
+        return {"eval_loss_before": before.get("eval_loss"), "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
+                **forgetting(before, after, cfg.forgetting_threshold)}
+
+    def checks(self, before: dict, after: dict) -> dict[str, Any] | None:
+        """checks.json of the registered model (None: none)."""
+        from ragtune.train.probe import checks_record
+
+        return checks_record(self.items, before, after)
+
+    def save(self, model, stage: Path, cfg) -> None:
+        model.save_pretrained(str(stage / ("adapter" if cfg.method == "lora" else "model")))
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+class RewardRecipe(Recipe):
+    """A reward model: a scalar head on the base; held-out pairs ordered before and after."""
+
+    task = "reward"
+
+    def prepare(self, root, data, cfg):
+        return prepare_preferences(root, data, cfg, "reward")
+
+    def build(self, prepared, cfg):
+        from ragtune.train.reward import build_reward_model
+
+        return build_reward_model(prepared.base, cfg, cfg.seed)
+
+    def ready(self, model, prepared, cfg, work, resumed, log):
+        from ragtune.train.reward import EncodedPair
+
+        self.pad = _pad_id(prepared.tokenizer)  # rewards are read by mask, not by pad id
+        self.pairs = isinstance(prepared.train[0], EncodedPair)
+        self.unit = "pairs" if self.pairs else "liked/disliked answers"
+        self.held_pairs = [e for e in prepared.eval if isinstance(e, EncodedPair)]
+
+    def objective(self, prepared, cfg):
+        from ragtune.train.reward import PairLoss, ThumbLoss
+
+        return PairLoss(self.pad) if self.pairs else ThumbLoss(self.pad)
+
+    def measure(self, model, prepared, cfg, which, log):  # the untrained head: about chance
+        from ragtune.train.reward import evaluate_pairs
+
+        return evaluate_pairs(model, self.held_pairs, self.pad, cfg.batch_size, cfg.seed).metrics() if self.held_pairs else {}
+
+    def metrics(self, before, after, stats, cfg):
+        return {"eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
+                "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
+                "accuracy_change": after["accuracy"] - before["accuracy"] if "accuracy" in after and "accuracy" in before else None,
+                **{f"held_out_{k}" if k == "pairs" else k: v for k, v in after.items() if k != "accuracy"}}
+
+    def checks(self, before, after):
+        return None
+
+    def save(self, model, stage, cfg):
+        from ragtune.train.reward import save_reward_model
+
+        save_reward_model(model, stage, cfg.method)
+
+
+class DirectRecipe(Recipe):
+    """DPO (pairs) or KTO (likes/dislikes): the reference's log-probs cached before the first step;
+    held-out implicit-reward accuracy after; the forgetting checks before and after."""
+
+    REFERENCE = "reference.json"
+
+    def __init__(self, loss: str, pcfg) -> None:
+        self.task, self.pcfg = loss, pcfg
+        self.unit = "pairs" if loss == "dpo" else "liked/disliked answers"
+
+    def settings(self):
+        return {"preference": dataclasses.asdict(self.pcfg)}
+
+    def prepare(self, root, data, cfg):
+        return prepare_preferences(root, data, cfg, self.task)
+
+    def ready(self, model, prepared, cfg, work, resumed, log):
+        """The reference log-probs of every train and held-out row: computed now (the model has not
+        moved yet) and kept in the work folder, or read back from it when resuming."""
+        from ragtune.train.direct import reference_logprobs, set_reference
+
+        self.pad, self.items = _pad_id(prepared.tokenizer), []
+        path = work / self.REFERENCE
+        everything = prepared.train + prepared.eval
+        if path.is_file():
+            values = json.loads(path.read_text())
+        elif resumed:
+            raise ConfigError(f"--resume: {path} is missing, and the model has moved since its reference log-probs were "
+                              "computed; use --restart")
+        else:
+            log(f"reference log-probs of {len(everything)} rows (once, cached in {path.name})")
+            values = reference_logprobs(model, everything, self.pad, cfg.batch_size)
+            if World().rank == 0:
+                write_json(path, values)
+        set_reference(everything, values)
+
+    def objective(self, prepared, cfg):
+        from ragtune.train.direct import DpoLoss, KtoLoss
+
+        if self.task == "dpo":
+            return DpoLoss(self.pad, self.pcfg.beta, self.pcfg.label_smoothing)
+        return KtoLoss(self.pad, self.pcfg.beta, self.pcfg.desirable_weight, self.pcfg.undesirable_weight)
+
+    def eval_set(self, prepared):
+        same = prepared.eval and type(prepared.eval[0]) is type(prepared.train[0])
+        return prepared.eval if same else None  # KTO measured on held-out pairs has no eval loss
+
+    def measure(self, model, prepared, cfg, which, log):
+        from ragtune.train.direct import evaluate_direct
+        from ragtune.train.probe import run_checks
+
+        held = evaluate_direct(model, prepared.eval, self.pad, self.pcfg.beta, cfg.batch_size, cfg.seed) if which == "tuned" else {}
+        return {**held, **run_checks(model, prepared.tokenizer, [], cfg, which, log)}
+
+    def metrics(self, before, after, stats, cfg):
+        from ragtune.train.probe import forgetting
+
+        return {"eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
+                **{k: v for k, v in after.items() if not isinstance(v, list) and k not in ("probe_ppl", "general_score")},
+                **forgetting(before, after, cfg.forgetting_threshold)}
+
+
+def train_and_register(root: Path, name: str, data: Path, cfg, recipe: Recipe, resume: bool = False, restart: bool = False,
+                       overwrite: bool = False, on_step=None, log=print, track: Track | None = None) -> Path:
+    """Train ``name`` on ``data`` with ``cfg`` (a ``TrainConfig``) as ``recipe`` says, and register it
+    in the workspace folder ``root``; returns the model's folder. ``track`` gets the finished run
+    (rank 0 only). Bad data stops the run before anything is written."""
     import torch
 
-    from ragtune.train import checkpoint
-    from ragtune.train.probe import answer_items, checks_record, forgetting, run_checks
     from ragtune.models.registry import check_name, models_dir, registered
-    from ragtune.train.sft import CompletionLoss, build_model, evaluate_loss, stats_json, train_loop
+    from ragtune.train import checkpoint
+    from ragtune.train.sft import stats_json
 
     check_name(name)
-    world = World()
-    root = Path(root)
+    world, root = World(), Path(root)
     if registered(root, name) and not overwrite:
         raise ModelError(f"a model named {name!r} is already registered; pick another --name, "
                          f"`ragtune models rm {name}`, or --overwrite")
-    prepared = prepare(root, data, cfg, prompt_field, completion_field, system)  # bad data stops here, nothing written
+    prepared = recipe.prepare(root, data, cfg)
     work = root / STATE_DIR / WORK_DIR / name
-    run = _start(work, name, data, cfg, resume, restart)
+    run = _start(work, name, data, cfg, recipe.settings(), resume, restart)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tok = prepared.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = build_model(prepared.base, cfg, cfg.seed)
+    model = recipe.build(prepared, cfg)
     start = None
     if resume and (found := checkpoint.latest(work / "checkpoint")):
         start = checkpoint.load(found, model)
         log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
-    items = answer_items(prepared.examples["eval"], cfg.check_answers)  # held-out prompts with a '#### N' answer
-    if "before" not in run:  # the base model (a fresh LoRA adapter changes nothing yet); rank 0 checks
-        run["before"] = {} if start is not None else {"eval_loss": evaluate_loss(model, prepared.eval, cfg.batch_size, CompletionLoss(pad)),
-                                                      **(run_checks(model, tok, items, cfg, "base", log) if world.rank == 0 else {})}
+    recipe.ready(model, prepared, cfg, work, start is not None, log)
+    if "before" not in run:  # the model as it starts (a fresh LoRA adapter changes nothing yet); rank 0 measures
+        run["before"] = {} if start is not None or world.rank != 0 else recipe.measure(model, prepared, cfg, "base", log)
         if world.rank == 0:
             write_json(work / "run.json", run)
-    log(f"training {name}: {len(prepared.train)} examples ({len(prepared.eval)} held out), {cfg.method}, "
-        f"base {prepared.base}")
+    log(f"training {name} ({recipe.task}): {len(prepared.train)} {recipe.unit} ({len(prepared.eval)} held out), "
+        f"{cfg.method}, base {prepared.base}")
     started = time.perf_counter()
-    stats = train_loop(model, prepared.train, cfg, CompletionLoss(pad), eval_set=prepared.eval, on_step=on_step, start=start,
-                       on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
+    stats = recipe.train(model, prepared, cfg, start, on_step,
+                         lambda state: checkpoint.save(work / "checkpoint", model, state))
     if world.rank != 0:  # under torchrun: rank 0 registers and tracks
         return models_dir(root) / name
-    before, after = run["before"], run_checks(model, tok, items, cfg, "tuned", log)
+    before, after = run["before"], recipe.measure(model, prepared, cfg, "tuned", log)
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
-               "eval_loss_before": before.get("eval_loss"), "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
+               **recipe.metrics(before, after, stats, cfg),
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
                "steps": stats.steps, "examples_seen": stats.examples, "trained_tokens": stats.trained_tokens,
-               "processes": world.size, **forgetting(before, after, cfg.forgetting_threshold)}
-    folder = _register(root, name, model, tok, cfg, prepared, metrics, stats, overwrite, checks_record(items, before, after))
+               "processes": world.size}
+    folder = _register(root, name, model, cfg, recipe, prepared, metrics, stats, overwrite, recipe.checks(before, after))
     if track is not None:
-        track(name, cfg, metrics, stats_json(stats), folder)
+        track(name, {"train": dataclasses.asdict(cfg), **recipe.settings()}, metrics, stats_json(stats), folder)
     shutil.rmtree(work, ignore_errors=True)
     log(f"registered {name} in {folder} ({time.perf_counter() - started:.0f}s)")
     return folder
 
 
-def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) -> dict[str, Any]:
+def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
+             prompt_field: str | None = None, completion_field: str | None = None, system: str | None = None,
+             on_step=None, log=print, track: Track | None = None) -> Path:
+    """Supervised fine-tuning of ``name`` on demonstrations ``data``; the forgetting checks before and after."""
+    return train_and_register(root, name, data, cfg, Recipe(prompt_field, completion_field, system), resume, restart,
+                              overwrite, on_step, log, track)
+
+
+def finetune_reward(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False,
+                    overwrite: bool = False, on_step=None, log=print, track: Track | None = None) -> Path:
+    """A reward model ``name`` from preference ``data`` (pairs, rankings or likes/dislikes), registered
+    with task "reward"; held-out pairs are scored before and after training."""
+    return train_and_register(root, name, data, cfg, RewardRecipe(), resume, restart, overwrite, on_step, log, track)
+
+
+def finetune_direct(root: Path, name: str, data: Path, cfg, pcfg, loss: str = "dpo", resume: bool = False,
+                    restart: bool = False, overwrite: bool = False, on_step=None, log=print, track: Track | None = None) -> Path:
+    """DPO (``loss="dpo"``, pairs or rankings) or KTO (``"kto"``: likes/dislikes, or pairs split into
+    one of each) of the generator ``name`` with ``pcfg`` (a ``PreferenceConfig``)."""
+    from ragtune.train.direct import LOSSES
+
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown preference loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+    return train_and_register(root, name, data, cfg, DirectRecipe(loss, pcfg), resume, restart, overwrite, on_step, log, track)
+
+
+def _start(work: Path, name: str, data: Path, cfg, settings: dict, resume: bool, restart: bool) -> dict[str, Any]:
     """The work folder's run.json: new, or the interrupted one when resuming (same data and settings)."""
-    wanted = {"name": name, "data": str(Path(data).resolve()), "data_sha256": sha256_file(data), "config": dataclasses.asdict(cfg)}
+    wanted = {"name": name, "data": str(Path(data).resolve()), "data_sha256": sha256_file(data),
+              "config": {**dataclasses.asdict(cfg), **settings}}
     path = work / "run.json"
     if World().rank != 0:  # other processes of a torchrun job follow rank 0's decisions
         return json.loads(path.read_text()) if resume and path.exists() else wanted
@@ -175,87 +421,17 @@ def _start(work: Path, name: str, data: Path, cfg, resume: bool, restart: bool) 
     return wanted
 
 
-def _register(root: Path, name: str, model, tokenizer, cfg, prepared: Prepared, metrics: dict, stats, overwrite: bool,
-              checks: dict[str, Any]) -> Path:
+def _register(root: Path, name: str, model, cfg, recipe: Recipe, prepared: Prepared, metrics: dict, stats,
+              overwrite: bool, checks: dict[str, Any] | None) -> Path:
     from ragtune.models.base import base_identity
     from ragtune.models.registry import ModelCard, register, staging
 
     stage = staging(root, name)
-    model.save_pretrained(str(stage / ("adapter" if cfg.method == "lora" else "model")))
-    tokenizer.save_pretrained(str(stage / "tokenizer"))
-    write_json(stage / "checks.json", checks)
+    recipe.save(model, stage, cfg)
+    prepared.tokenizer.save_pretrained(str(stage / "tokenizer"))
+    if checks is not None:
+        write_json(stage / "checks.json", checks)
     card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared.base), data_sha256=prepared.data_sha256,
-                     config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds)
-    return register(root, name, stage, card, overwrite=overwrite)
-
-
-def finetune_reward(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False,
-                    overwrite: bool = False, on_step=None, log=print, track: Track | None = None) -> Path:
-    """Train a reward model ``name`` on preference ``data`` (pairs, rankings or likes/dislikes) with
-    ``cfg`` and register it (task "reward"); held-out pairs are scored before and after training."""
-    import torch
-
-    from ragtune.models.registry import check_name, models_dir, registered
-    from ragtune.train import checkpoint
-    from ragtune.train.reward import EncodedPair, PairLoss, ThumbLoss, build_reward_model, evaluate_pairs
-    from ragtune.train.sft import stats_json, train_loop
-
-    check_name(name)
-    world, root = World(), Path(root)
-    if registered(root, name) and not overwrite:
-        raise ModelError(f"a model named {name!r} is already registered; pick another --name, "
-                         f"`ragtune models rm {name}`, or --overwrite")
-    prepared = prepare_preferences(root, data, cfg, "reward")  # bad data stops here, nothing written
-    work = root / STATE_DIR / WORK_DIR / name
-    run = _start(work, name, data, cfg, resume, restart)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    tok = prepared.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # rewards are read by mask, not pad id
-    model = build_reward_model(prepared.base, cfg, cfg.seed)
-    objective = PairLoss(pad) if isinstance(prepared.train[0], EncodedPair) else ThumbLoss(pad)
-    held_pairs = [e for e in prepared.eval if isinstance(e, EncodedPair)]
-    start = None
-    if resume and (found := checkpoint.latest(work / "checkpoint")):
-        start = checkpoint.load(found, model)
-        log(f"resuming {name} from epoch {start['epoch']}, batch {start['batch']} (step {start['stats'].steps})")
-    if "before" not in run and world.rank == 0:  # the untrained head: about chance
-        run["before"] = evaluate_pairs(model, held_pairs, pad, cfg.batch_size, cfg.seed).metrics() if held_pairs and start is None else {}
-        write_json(work / "run.json", run)
-    unit = "pairs" if isinstance(objective, PairLoss) else "liked/disliked answers"
-    log(f"training reward model {name}: {len(prepared.train)} {unit} ({len(prepared.eval)} held out), {cfg.method}, "
-        f"base {prepared.base}")
-    started = time.perf_counter()
-    stats = train_loop(model, prepared.train, cfg, objective, eval_set=prepared.eval, on_step=on_step, start=start,
-                       on_checkpoint=lambda state: checkpoint.save(work / "checkpoint", model, state))
-    if world.rank != 0:
-        return models_dir(root) / name
-    after = evaluate_pairs(model, held_pairs, pad, cfg.batch_size, cfg.seed).metrics() if held_pairs else {}
-    before = run.get("before", {})
-    metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
-               "eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
-               "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
-               "accuracy_change": after["accuracy"] - before["accuracy"] if "accuracy" in after and "accuracy" in before else None,
-               **{f"held_out_{k}" if k == "pairs" else k: v for k, v in after.items() if k != "accuracy"},
-               "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
-               "steps": stats.steps, "examples_seen": stats.examples, "processes": world.size}
-    folder = _register_reward(root, name, model, tok, cfg, prepared, metrics, stats, overwrite)
-    if track is not None:
-        track(name, cfg, metrics, stats_json(stats), folder)
-    shutil.rmtree(work, ignore_errors=True)
-    log(f"registered {name} in {folder} ({time.perf_counter() - started:.0f}s)")
-    return folder
-
-
-def _register_reward(root: Path, name: str, model, tokenizer, cfg, prepared: Prepared, metrics: dict, stats,
-                     overwrite: bool) -> Path:
-    from ragtune.models.base import base_identity
-    from ragtune.models.registry import ModelCard, register, staging
-    from ragtune.train.reward import save_reward_model
-
-    stage = staging(root, name)
-    save_reward_model(model, stage, cfg.method)
-    tokenizer.save_pretrained(str(stage / "tokenizer"))
-    card = ModelCard(name=name, kind=cfg.method, base=base_identity(prepared.base), data_sha256=prepared.data_sha256,
-                     config=dataclasses.asdict(cfg), metrics=metrics, train_time_s=stats.seconds, task="reward")
+                     config={**dataclasses.asdict(cfg), **recipe.settings()}, metrics=metrics, train_time_s=stats.seconds,
+                     task=recipe.task)
     return register(root, name, stage, card, overwrite=overwrite)

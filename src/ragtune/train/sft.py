@@ -114,10 +114,24 @@ def collate(encoded: list[Encoded], pad_id: int):
 
 
 def completion_loss(model, batch) -> tuple[Any, int]:
-    """Summed cross-entropy over the labelled next tokens, and how many there were.
+    """Summed cross-entropy over the labelled next tokens, and how many there were."""
+    logps, _ = token_logprobs(model, batch)
+    return -logps.sum(), int(logps.numel())
+
+
+def sequence_logprobs(model, batch):
+    """Each row's summed log-probability of its labelled tokens (DPO, KTO and RL compare these)."""
+    logps, rows = token_logprobs(model, batch)
+    return logps.new_zeros(batch["input_ids"].shape[0]).index_add(0, rows, logps)
+
+
+def token_logprobs(model, batch):
+    """The log-probability of every labelled next token (1-D, row-major) and the batch row it is in.
 
     The decoder runs on the whole batch; only the rows whose next token is labelled reach the
-    output layer, in chunks whose logits are recomputed in the backward pass (checkpointing)."""
+    output layer, in chunks whose logits are recomputed in the backward pass (checkpointing), so
+    the full ``batch x length x vocabulary`` logits never exist."""
+    import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
@@ -126,16 +140,16 @@ def completion_loss(model, batch) -> tuple[Any, int]:
                                  use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
-    rows, wanted = hidden[:, :-1][keep], targets[keep]
+    states, wanted = hidden[:, :-1][keep], targets[keep]
+    rows = torch.arange(targets.shape[0]).unsqueeze(1).expand_as(targets)[keep]
     head = inner.get_output_embeddings()
 
-    def chunk_loss(h, t):
-        return F.cross_entropy(head(h).float(), t, reduction="sum")
+    def chunk_logps(h, t):
+        return -F.cross_entropy(head(h).float(), t, reduction="none")
 
-    total = hidden.new_zeros(())
-    for i in range(0, rows.shape[0], LOSS_CHUNK):
-        total = total + checkpoint(chunk_loss, rows[i:i + LOSS_CHUNK], wanted[i:i + LOSS_CHUNK], use_reentrant=False)
-    return total, int(wanted.numel())
+    parts = [checkpoint(chunk_logps, states[i:i + LOSS_CHUNK], wanted[i:i + LOSS_CHUNK], use_reentrant=False)
+             for i in range(0, states.shape[0], LOSS_CHUNK)]
+    return (torch.cat(parts) if parts else hidden.new_zeros(0)), rows
 
 
 @dataclass
