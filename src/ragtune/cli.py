@@ -602,8 +602,8 @@ def finetune_reward(ctx: typer.Context,
         _print_card(folder.name, ws, _console())
 
 
-def _finetune_direct(ctx: typer.Context, loss: str, data: Path, name: str, beta: Optional[float], resume: bool, restart: bool,
-                     overwrite: bool, workspace: Optional[Path]) -> None:
+def _finetune_direct(ctx: typer.Context, loss: str, data: Path, name: str, beta: Optional[float], reward: Optional[str],
+                     judge: Optional[str], resume: bool, restart: bool, overwrite: bool, workspace: Optional[Path]) -> None:
     from ragtune.experiment.tracking import training_tracker
     from ragtune.train.distributed import init_distributed
     from ragtune.train.finetune import finetune_direct
@@ -612,7 +612,7 @@ def _finetune_direct(ctx: typer.Context, loss: str, data: Path, name: str, beta:
     pcfg = ws.config.override("preference", beta=beta).preference
     lead = init_distributed() == 0
     with RichProgress() as progress:
-        folder = finetune_direct(ws.root, name, data, _train_config(ws, ctx), pcfg, loss, resume=resume, restart=restart,
+        folder = finetune_direct(ws.root, name, data, _train_config(ws, ctx), pcfg, loss, ws.config.rl, reward, judge, resume=resume, restart=restart,
                                  overwrite=overwrite, on_step=progress.on_step if lead else None, track=training_tracker(ws),
                                  log=progress.log if lead else (lambda line: None))
     if lead:
@@ -620,13 +620,15 @@ def _finetune_direct(ctx: typer.Context, loss: str, data: Path, name: str, beta:
 
 
 BetaOpt = Annotated[Optional[float], typer.Option("--beta", help="Pull towards the base model: higher = stay closer ([preference] beta).", show_default=False)]
+RewardOpt = Annotated[Optional[str], typer.Option("--reward", help="A registered reward model that scores the held-out answers before and after.", show_default=False)]
+JudgeOpt = Annotated[Optional[str], typer.Option("--judge", help="A second registered reward model (trained on other data) that judges tuned vs base answers: the win rate.", show_default=False)]
 
 
 @finetune_app.command("dpo")
 def finetune_dpo(ctx: typer.Context,
                  data: Annotated[Path, typer.Option("--data", help="Preference pairs (prompt/chosen/rejected, or chosen/rejected) or rankings (prompt/completions[/scores]).")],
                  name: Annotated[str, typer.Option("--name", help="Register the tuned generator under this name (then: ragtune ask --model NAME).")],
-                 beta: BetaOpt = None, base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None,
+                 beta: BetaOpt = None, reward: RewardOpt = None, judge: JudgeOpt = None, base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None,
                  learning_rate: LrOpt = None, schedule: ScheduleOpt = None, batch_size: BatchOpt = None,
                  grad_accum: AccumOpt = None, max_length: MaxLenOpt = None, lora_r: LoraROpt = None,
                  lora_alpha: LoraAlphaOpt = None, eval_fraction: EvalFracOpt = None, seed: SeedOpt = None,
@@ -637,14 +639,14 @@ def finetune_dpo(ctx: typer.Context,
     The base model's log-probs are computed once before training and cached (no second model in
     memory). After training: held-out pairs ordered by the implicit reward (with its 95% interval),
     and the forgetting checks against the base. --base takes a registered sft model too."""
-    _finetune_direct(ctx, "dpo", data, name, beta, resume, restart, overwrite, workspace)
+    _finetune_direct(ctx, "dpo", data, name, beta, reward, judge, resume, restart, overwrite, workspace)
 
 
 @finetune_app.command("kto")
 def finetune_kto(ctx: typer.Context,
                  data: Annotated[Path, typer.Option("--data", help="Likes/dislikes (prompt/completion/label), or pairs (each gives one liked and one disliked answer).")],
                  name: Annotated[str, typer.Option("--name", help="Register the tuned generator under this name (then: ragtune ask --model NAME).")],
-                 beta: BetaOpt = None, base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None,
+                 beta: BetaOpt = None, reward: RewardOpt = None, judge: JudgeOpt = None, base: BaseOpt = None, method: MethodOpt = None, epochs: EpochsOpt = None,
                  learning_rate: LrOpt = None, schedule: ScheduleOpt = None, batch_size: BatchOpt = None,
                  grad_accum: AccumOpt = None, max_length: MaxLenOpt = None, lora_r: LoraROpt = None,
                  lora_alpha: LoraAlphaOpt = None, eval_fraction: EvalFracOpt = None, seed: SeedOpt = None,
@@ -654,7 +656,42 @@ def finetune_kto(ctx: typer.Context,
 
     Liked/disliked weights are [preference] desirable_weight / undesirable_weight; the base model's
     log-probs are cached as for DPO. Trained from pairs, it is measured on held-out pairs like DPO."""
-    _finetune_direct(ctx, "kto", data, name, beta, resume, restart, overwrite, workspace)
+    _finetune_direct(ctx, "kto", data, name, beta, reward, judge, resume, restart, overwrite, workspace)
+
+
+@finetune_app.command("rl")
+def finetune_rl(ctx: typer.Context,
+                prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: JSONL with 'prompt' (string or messages) or 'messages' ending with a user turn; a preference file's prompts work too.")],
+                reward: Annotated[str, typer.Option("--reward", help="The registered reward model to maximise (ragtune finetune reward).")],
+                name: Annotated[str, typer.Option("--name", help="Register the tuned generator under this name (then: ragtune ask --model NAME).")],
+                judge: JudgeOpt = None,
+                algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="rloo (default) | grpo ([rl] algorithm).", show_default=False)] = None,
+                steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps ([rl] steps).", show_default=False)] = None,
+                samples: Annotated[Optional[int], typer.Option("--samples", help="Answers per prompt ([rl] samples).", show_default=False)] = None,
+                prompts_per_step: Annotated[Optional[int], typer.Option("--prompts-per-step", show_default=False)] = None,
+                max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", show_default=False)] = None,
+                kl_coef: Annotated[Optional[float], typer.Option("--kl-coef", help="Weight of the KL to the base ([rl] kl_coef).", show_default=False)] = None,
+                length_penalty: Annotated[Optional[float], typer.Option("--length-penalty", help="Reward subtracted per answer token.", show_default=False)] = None,
+                base: BaseOpt = None, method: MethodOpt = None, learning_rate: LrOpt = None, max_length: MaxLenOpt = None,
+                lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None, eval_fraction: EvalFracOpt = None, seed: SeedOpt = None,
+                resume: ResumeOpt = False, restart: RestartOpt = False, overwrite: OverwriteOpt = False,
+                workspace: WorkspaceOpt = None) -> None:
+    """RL against a reward model: sample answers, score them, move towards the better ones, stay near the base.
+
+    RLOO by default (the KL to the base folded into the reward); GRPO with --algorithm grpo (needs
+    --kl-coef > 0). Per step: reward, KL, length, entropy, truncation. After: held-out prompts
+    answered by base and tuned (score, KL, length, distinct-2, end-of-turn rate; win rate under
+    --judge) and the forgetting checks. The rest is in ragtune.toml [rl] and [train]."""
+    from ragtune.experiment.tracking import training_tracker
+    from ragtune.train.finetune import finetune_rl as train_rl
+
+    ws = _workspace(workspace)
+    rcfg = ws.config.override("rl", algorithm=algorithm, steps=steps, samples=samples, prompts_per_step=prompts_per_step,
+                              max_new_tokens=max_new_tokens, kl_coef=kl_coef, length_penalty=length_penalty).rl
+    with RichProgress() as progress:
+        folder = train_rl(ws.root, name, prompts, _train_config(ws, ctx), rcfg, reward, judge, resume=resume, restart=restart,
+                          overwrite=overwrite, on_step=progress.on_step, track=training_tracker(ws), log=progress.log)
+    _print_card(folder.name, ws, _console())
 
 
 @eval_app.command("reward")

@@ -161,6 +161,7 @@ class RLConfig:
     kl_stop: float = _f(20.0, "Stop when the mean sequence KL to the base exceeds this (nats) for 3 steps in a row: the policy is drifting; 0 = never.")
     length_penalty: float = _f(0.0, "Subtract this per generated token from the reward (fights answers that win by length).")
     truncation_penalty: float = _f(0.0, "Subtract this from the reward of answers cut at max_new_tokens.")
+    eval_prompts: int = _f(64, "Held-out prompts answered by the base and the tuned model after every rl/dpo/kto run (score, win rate, KL, length, distinct-2, end-of-turn rate); 0 = skip.")
 
 
 @dataclass

@@ -61,8 +61,10 @@ class RichProgress:
         self.bar.update(task, advance=n)
 
     def on_step(self, record: dict[str, Any]) -> None:
-        """A training step (``train.sft.train_loop``'s record): step of total, loss, speed, epoch."""
+        """A training step (``train.sft.train_loop``'s or ``train.rl.train_rl``'s record): step of total, loss, speed, epoch or reward."""
         if self.steps is None:
             self.steps = self.task("steps", None)
+        where = (f"reward {record['reward']:+.3f} · KL {record['kl']:.2f} · length {record['length']:.0f}" if "reward" in record
+                 else f"epoch {record['epoch']:.2f}")  # an RL step, or a pass over the data
         self.bar.update(self.steps, total=record["total_steps"], completed=record["step"],
-                        note=f"loss {record['loss']:.3f} · {record['tokens_per_s']:.0f} tok/s · epoch {record['epoch']:.2f}")
+                        note=f"loss {record['loss']:.3f} · {record['tokens_per_s']:.0f} tok/s · {where}")

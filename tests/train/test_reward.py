@@ -115,3 +115,35 @@ def test_accuracy_interval_and_length_balanced_subset():
     pairs = [EncodedPair(str(i), [1], [2], chosen_chars=10 if i < 7 else 2, rejected_chars=5) for i in range(10)]
     subset = length_balanced(pairs, seed=1)
     assert len(subset) == 6 and sum(pairs[i].chosen_chars > pairs[i].rejected_chars for i in subset) == 3
+
+
+def test_a_merged_reward_model_scores_as_the_registered_one(ws, tiny_llama_folder):
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragtune.models.base import base_identity
+    from ragtune.models.registry import ModelCard, register, staging
+    from ragtune.train.merge import merge
+    from ragtune.train.reward import HEAD_FILE, _module, build_reward_model, load_registered, save_reward_model
+
+    cfg = ws.config.override("train", base=str(tiny_llama_folder), method="lora").train
+    model = build_reward_model(tiny_llama_folder, cfg, 0)
+    with torch.no_grad():  # a LoRA adapter that changes something (B starts at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    stage = staging(ws.root, "rm")
+    save_reward_model(model, stage, "lora")
+    AutoTokenizer.from_pretrained(str(tiny_llama_folder)).save_pretrained(str(stage / "tokenizer"))
+    register(ws.root, "rm", stage, ModelCard(name="rm", kind="lora", base=base_identity(tiny_llama_folder), task="reward",
+                                             config=dataclasses.asdict(cfg)))
+    merged = merge(ws.root, "rm")
+    assert (merged / HEAD_FILE).is_file() and '"task": "reward"' in (merged / "ragtune-merged.json").read_text()
+    plain = _module()(AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32))
+    plain.score.load_state_dict(load_file(str(merged / HEAD_FILE)))
+    registered, tok = load_registered(ws.root, "rm")
+    ids = conversation_ids(tok, [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."}])
+    assert score_rows(plain, [ids], 0)[0] == pytest.approx(score_rows(registered, [ids], 0)[0], abs=1e-4)

@@ -90,27 +90,46 @@ def generate_batch(model, tokenizer, conversations: list[Messages], max_new_toke
     """Greedy answers to many conversations at once (left-padded batches of similar length),
     in the input order. For checks over many prompts: one batch of 16 costs little more than one
     answer on a CPU. Works on a model being trained (PEFT or not); its mode is restored."""
+    encoded = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m in conversations]
+    encoded = [list(e["input_ids"] if hasattr(e, "keys") else e) for e in encoded]
+    out = sample_batch(model, encoded, max_new_tokens, pad_token(tokenizer), tokenizer.eos_token_id, batch_size=batch_size,
+                       no_repeat_ngram=no_repeat_ngram)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
+
+
+def pad_token(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def sample_batch(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_id: int, batch_size: int = 16,
+                 samples: int = 1, temperature: float = 0.0, top_k: int = 0, no_repeat_ngram: int = 0) -> list[list[int]]:
+    """The new token ids of ``samples`` answers to each prompt (token ids, chat template applied),
+    ``samples`` in a row per prompt, in the input order; each ends with ``eos_id`` unless it was
+    cut at ``max_new_tokens``. ``temperature`` 0 is greedy. Prompts of similar length share a
+    left-padded batch of ``batch_size`` sequences (prompts x samples)."""
     import torch
 
-    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
-    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers: list[str] = [""] * len(encoded)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    per_batch = max(1, batch_size // samples)
+    answers: list[list[int]] = [[] for _ in range(len(prompts) * samples)]
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": None} if temperature > 0 else {"do_sample": False}
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                width = max(len(encoded[i]) for i in chunk)
-                ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in chunk])
-                mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in chunk])
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                     use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                     no_repeat_ngram_size=no_repeat_ngram)  # 0 = off
-                for row, i in enumerate(chunk):
-                    answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            for start in range(0, len(order), per_batch):
+                chunk = order[start:start + per_batch]
+                width = max(len(prompts[i]) for i in chunk)
+                ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk])
+                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk])
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, use_cache=True,
+                                     pad_token_id=pad_id, eos_token_id=eos_id, num_return_sequences=samples,
+                                     no_repeat_ngram_size=no_repeat_ngram, **sampling)  # no_repeat_ngram 0 = off
+                for row in range(out.shape[0]):
+                    new = out[row, width:].tolist()
+                    if eos_id in new:
+                        new = new[: new.index(eos_id) + 1]
+                    answers[chunk[row // samples] * samples + row % samples] = new
     finally:
         model.train(was_training)
     return answers

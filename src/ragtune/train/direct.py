@@ -90,11 +90,12 @@ def thumbs_of(items: list) -> list[Thumb]:
 
 
 def encode_answers(thumbs: list[Thumb], tokenizer, max_length: int) -> tuple[list[EncodedAnswer], list[str]]:
-    """Every thumb encoded with its KL partner (the next row's answer after its own prompt; the last
-    row's partner is the first row's answer); problems listed, not raised."""
+    """Every thumb encoded with its KL partner: the answer of the next row with another prompt (after
+    the last row, the first), put after this row's prompt; problems listed, not raised."""
     out, problems = [], []
     for i, t in enumerate(thumbs):
-        other = thumbs[(i + 1) % len(thumbs)]
+        j = next((k % len(thumbs) for k in range(i + 1, i + len(thumbs)) if thumbs[k % len(thumbs)].prompt != t.prompt), i)
+        other = thumbs[j]
         try:
             out.append(EncodedAnswer(t.id, encode_answer(t.id, tokenizer, t.prompt, t.completion, max_length), t.label,
                                      encode_answer(t.id, tokenizer, t.prompt, other.completion, max_length)))

@@ -175,14 +175,14 @@ class Recipe:
     def eval_set(self, prepared: Prepared) -> list | None:
         return prepared.eval
 
-    def train(self, model, prepared: Prepared, cfg, start, on_step, on_checkpoint):
+    def train(self, model, prepared: Prepared, cfg, start, on_step, on_checkpoint, log):
         from ragtune.train.sft import train_loop
 
         return train_loop(model, prepared.train, cfg, self.objective(prepared, cfg), eval_set=self.eval_set(prepared),
                           on_step=on_step, start=start, on_checkpoint=on_checkpoint)
 
-    def measure(self, model, prepared: Prepared, cfg, which: str, log) -> dict[str, Any]:
-        """Figures of the model before ("base") and after ("tuned") training, on the same inputs."""
+    def measure(self, model, prepared: Prepared, cfg, which: str, log, before: dict | None = None) -> dict[str, Any]:
+        """Figures of the model before ("base") and after ("tuned", with ``before``: the base's) training, on the same inputs."""
         from ragtune.train.probe import run_checks
         from ragtune.train.sft import CompletionLoss, evaluate_loss
 
@@ -235,7 +235,7 @@ class RewardRecipe(Recipe):
 
         return PairLoss(self.pad) if self.pairs else ThumbLoss(self.pad)
 
-    def measure(self, model, prepared, cfg, which, log):  # the untrained head: about chance
+    def measure(self, model, prepared, cfg, which, log, before=None):  # the untrained head: about chance
         from ragtune.train.reward import evaluate_pairs
 
         return evaluate_pairs(model, self.held_pairs, self.pad, cfg.batch_size, cfg.seed).metrics() if self.held_pairs else {}
@@ -255,18 +255,81 @@ class RewardRecipe(Recipe):
         save_reward_model(model, stage, cfg.method)
 
 
-class DirectRecipe(Recipe):
+class PolicyRecipe(Recipe):
+    """What the generator-tuning recipes from preferences share (dpo, kto, rl): the ``rl.PolicyCheck``
+    on held-out prompts (answers, score under ``reward``, win rate under ``judge``, KL, length) and
+    the forgetting checks, before and after."""
+
+    def __init__(self, root: Path, rcfg, reward: str | None = None, judge: str | None = None) -> None:
+        from ragtune.models.registry import load_card, model_sha256
+
+        self.root, self.rcfg, self.reward, self.judge = Path(root), rcfg, reward, judge
+        self.lineage = {}
+        for role, name in (("reward", reward), ("judge", judge)):
+            if name:
+                if load_card(self.root, name).task != "reward":
+                    raise ConfigError(f"--{role} {name!r} is not a reward model; train one with `ragtune finetune reward`")
+                self.lineage[role] = {"name": name, "sha256": model_sha256(self.root, name)}
+        if reward and judge and reward == judge:
+            raise ConfigError(f"--judge {judge!r} is the reward model the policy is trained against: its scores prove "
+                              "nothing; train a second reward model on a disjoint split and judge with it")
+
+    def settings(self):
+        return {"rl": dataclasses.asdict(self.rcfg), **self.lineage}
+
+    def held_out_prompts(self, prepared: Prepared) -> list:
+        prompts = {repr(item.prompt): item.prompt for item in prepared.examples["eval"]}  # rankings and thumbs repeat them
+        return list(prompts.values())
+
+    def ready(self, model, prepared, cfg, work, resumed, log):
+        from ragtune.train.rl import PolicyCheck, RewardModelScorer
+
+        self.pad, self.items = _pad_id(prepared.tokenizer), []
+        scorers = {role: RewardModelScorer.registered(self.root, info["name"], cfg.batch_size) for role, info in self.lineage.items()}
+        self.scorer = scorers.get("reward")
+        self.check = PolicyCheck(self.held_out_prompts(prepared), self.rcfg, cfg.seed, self.scorer, scorers.get("judge"))
+
+    def measure(self, model, prepared, cfg, which, log, before=None):
+        from ragtune.train.probe import run_checks
+
+        log(f"checking the {which} model on {len(self.check.prompts)} held-out prompts"
+            + (f" (scored by {self.reward})" if self.reward else "") + (f", judged by {self.judge}" if self.judge else ""))
+        reference = None if which == "base" or hasattr(model, "disable_adapter") else _base_model(prepared.base)
+        out = self.check.measure(model, prepared.tokenizer, which, before, reference)
+        return {**out, **run_checks(model, prepared.tokenizer, [], cfg, which, log)}
+
+    def metrics(self, before, after, stats, cfg):
+        from ragtune.train.probe import forgetting
+        from ragtune.train.rl import PolicyCheck
+
+        return {**PolicyCheck.metrics(before, after), **forgetting(before, after, cfg.forgetting_threshold)}
+
+    def checks(self, before, after):
+        from ragtune.train.probe import checks_record
+
+        return {**checks_record([], before, after), "held_out": self.check.record(before, after)}
+
+
+def _base_model(base: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+
+
+class DirectRecipe(PolicyRecipe):
     """DPO (pairs) or KTO (likes/dislikes): the reference's log-probs cached before the first step;
-    held-out implicit-reward accuracy after; the forgetting checks before and after."""
+    held-out implicit-reward accuracy after; the policy and forgetting checks before and after."""
 
     REFERENCE = "reference.json"
 
-    def __init__(self, loss: str, pcfg) -> None:
+    def __init__(self, loss: str, pcfg, root: Path, rcfg, reward: str | None = None, judge: str | None = None) -> None:
+        super().__init__(root, rcfg, reward, judge)
         self.task, self.pcfg = loss, pcfg
         self.unit = "pairs" if loss == "dpo" else "liked/disliked answers"
 
     def settings(self):
-        return {"preference": dataclasses.asdict(self.pcfg)}
+        return {"preference": dataclasses.asdict(self.pcfg), **super().settings()}
 
     def prepare(self, root, data, cfg):
         return prepare_preferences(root, data, cfg, self.task)
@@ -276,7 +339,7 @@ class DirectRecipe(Recipe):
         moved yet) and kept in the work folder, or read back from it when resuming."""
         from ragtune.train.direct import reference_logprobs, set_reference
 
-        self.pad, self.items = _pad_id(prepared.tokenizer), []
+        super().ready(model, prepared, cfg, work, resumed, log)
         path = work / self.REFERENCE
         everything = prepared.train + prepared.eval
         if path.is_file():
@@ -302,19 +365,80 @@ class DirectRecipe(Recipe):
         same = prepared.eval and type(prepared.eval[0]) is type(prepared.train[0])
         return prepared.eval if same else None  # KTO measured on held-out pairs has no eval loss
 
-    def measure(self, model, prepared, cfg, which, log):
+    def measure(self, model, prepared, cfg, which, log, before=None):
         from ragtune.train.direct import evaluate_direct
-        from ragtune.train.probe import run_checks
 
         held = evaluate_direct(model, prepared.eval, self.pad, self.pcfg.beta, cfg.batch_size, cfg.seed) if which == "tuned" else {}
-        return {**held, **run_checks(model, prepared.tokenizer, [], cfg, which, log)}
+        return {**held, **super().measure(model, prepared, cfg, which, log, before)}
 
     def metrics(self, before, after, stats, cfg):
-        from ragtune.train.probe import forgetting
+        held = {k: v for k, v in after.items() if k.startswith(("held_out_", "reward_accuracy", "reward_margin", "reference_",
+                                                                   "reward_sign", "reward_liked", "reward_disliked"))}
+        return {"eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None, **held,
+                **super().metrics(before, after, stats, cfg)}
 
-        return {"eval_loss_after": stats.eval_loss[-1] if stats.eval_loss else None,
-                **{k: v for k, v in after.items() if not isinstance(v, list) and k not in ("probe_ppl", "general_score")},
-                **forgetting(before, after, cfg.forgetting_threshold)}
+
+class RlRecipe(PolicyRecipe):
+    """RLOO or GRPO against a registered reward model (or any ``rl.Scorer``) on a prompt file."""
+
+    task, unit = "rl", "prompts"
+
+    def __init__(self, root: Path, rcfg, reward: str | None, judge: str | None = None, scorer=None) -> None:
+        from ragtune.train.rl import check
+
+        check(rcfg)
+        if reward is None and scorer is None:
+            raise ConfigError("finetune rl needs a reward: --reward NAME (a registered reward model)")
+        super().__init__(root, rcfg, reward, judge)
+        self.custom = scorer
+
+    def prepare(self, root, data, cfg):
+        from transformers import AutoTokenizer
+
+        from ragtune.train.rl import encode_prompt, load_prompts, split_prompts
+
+        if cfg.max_length <= self.rcfg.max_new_tokens:
+            raise ConfigError(f"[train] max_length {cfg.max_length} leaves no room for prompts with [rl] max_new_tokens "
+                              f"{self.rcfg.max_new_tokens}; raise --max-length")
+        train, held = split_prompts(load_prompts(data), cfg.eval_fraction, cfg.seed)
+        if not train:
+            raise DatasetError(f"{data}: every prompt went to the held-out split; lower --eval-fraction")
+        base = base_folder(cfg.base, root)
+        tok = AutoTokenizer.from_pretrained(str(base))
+        problems, encoded = [], {}
+        for part, prompts in (("train", train), ("eval", held)):
+            encoded[part] = []
+            for prompt in prompts:
+                try:
+                    encoded[part].append(encode_prompt(tok, prompt, cfg.max_length - self.rcfg.max_new_tokens))
+                except DatasetError as e:
+                    problems.append(str(e))
+        if problems:
+            raise DatasetError(f"{data}: {len(problems)} prompt(s) cannot be trained on:\n  " + "\n  ".join(problems[:10]))
+        return Prepared(base, tok, encoded["train"], encoded["eval"], {"train": train, "eval": held}, sha256_file(data))
+
+    def held_out_prompts(self, prepared):
+        return prepared.examples["eval"]
+
+    def ready(self, model, prepared, cfg, work, resumed, log):
+        super().ready(model, prepared, cfg, work, resumed, log)
+        if self.custom is not None:
+            self.scorer = self.check.scorer = self.custom
+
+    def train(self, model, prepared, cfg, start, on_step, on_checkpoint, log):
+        from ragtune.train.rl import train_rl
+
+        return train_rl(model, prepared.tokenizer, prepared.examples["train"], prepared.train, self.scorer, cfg, self.rcfg,
+                        start, on_step, on_checkpoint, log)
+
+    def metrics(self, before, after, stats, cfg):
+        history = stats.history
+        first, last = history[: max(1, len(history) // 5)], history[-max(1, len(history) // 5):]
+        mean = lambda rows, k: sum(r[k] for r in rows) / len(rows) if rows else None  # noqa: E731
+        return {"train_reward_first": mean(first, "reward"), "train_reward_last": mean(last, "reward"),
+                "train_kl_last": mean(last, "kl"), "train_length_last": mean(last, "length"),
+                "train_truncated_last": mean(last, "truncated"), "stopped_by_kl": stats.steps < self.rcfg.steps,
+                **super().metrics(before, after, stats, cfg)}
 
 
 def train_and_register(root: Path, name: str, data: Path, cfg, recipe: Recipe, resume: bool = False, restart: bool = False,
@@ -351,11 +475,11 @@ def train_and_register(root: Path, name: str, data: Path, cfg, recipe: Recipe, r
     log(f"training {name} ({recipe.task}): {len(prepared.train)} {recipe.unit} ({len(prepared.eval)} held out), "
         f"{cfg.method}, base {prepared.base}")
     started = time.perf_counter()
-    stats = recipe.train(model, prepared, cfg, start, on_step,
-                         lambda state: checkpoint.save(work / "checkpoint", model, state))
+    stats = recipe.train(model, prepared, cfg, start, on_step, lambda state: checkpoint.save(work / "checkpoint", model, state), log)
     if world.rank != 0:  # under torchrun: rank 0 registers and tracks
         return models_dir(root) / name
-    before, after = run["before"], recipe.measure(model, prepared, cfg, "tuned", log)
+    before = run["before"]
+    after = recipe.measure(model, prepared, cfg, "tuned", log, before)
     metrics = {"train_loss_last": stats.history[-1]["loss"] if stats.history else None,
                **recipe.metrics(before, after, stats, cfg),
                "tokens_per_s": stats.tokens_per_s, "padding_share": 1 - stats.tokens / max(stats.padded_tokens, 1),
@@ -384,15 +508,29 @@ def finetune_reward(root: Path, name: str, data: Path, cfg, resume: bool = False
     return train_and_register(root, name, data, cfg, RewardRecipe(), resume, restart, overwrite, on_step, log, track)
 
 
-def finetune_direct(root: Path, name: str, data: Path, cfg, pcfg, loss: str = "dpo", resume: bool = False,
-                    restart: bool = False, overwrite: bool = False, on_step=None, log=print, track: Track | None = None) -> Path:
+def finetune_direct(root: Path, name: str, data: Path, cfg, pcfg, loss: str = "dpo", rcfg=None, reward: str | None = None,
+                    judge: str | None = None, resume: bool = False, restart: bool = False, overwrite: bool = False,
+                    on_step=None, log=print, track: Track | None = None) -> Path:
     """DPO (``loss="dpo"``, pairs or rankings) or KTO (``"kto"``: likes/dislikes, or pairs split into
-    one of each) of the generator ``name`` with ``pcfg`` (a ``PreferenceConfig``)."""
+    one of each) of the generator ``name`` with ``pcfg`` (a ``PreferenceConfig``). The held-out
+    prompts are answered before and after (``rcfg``: an ``RLConfig``'s sampling and eval_prompts),
+    scored by the reward model ``reward`` and judged by ``judge`` when given."""
+    from ragtune.config import RLConfig
     from ragtune.train.direct import LOSSES
 
     if loss not in LOSSES:
         raise ConfigError(f"unknown preference loss {loss!r}; choose one of: {', '.join(LOSSES)}")
-    return train_and_register(root, name, data, cfg, DirectRecipe(loss, pcfg), resume, restart, overwrite, on_step, log, track)
+    recipe = DirectRecipe(loss, pcfg, root, rcfg or RLConfig(), reward, judge)
+    return train_and_register(root, name, data, cfg, recipe, resume, restart, overwrite, on_step, log, track)
+
+
+def finetune_rl(root: Path, name: str, prompts: Path, cfg, rcfg, reward: str | None, judge: str | None = None, scorer=None,
+                resume: bool = False, restart: bool = False, overwrite: bool = False, on_step=None, log=print,
+                track: Track | None = None) -> Path:
+    """RLOO or GRPO (``rcfg``: an ``RLConfig``) of the generator ``name`` on ``prompts`` against the
+    registered reward model ``reward`` (or ``scorer``, any ``rl.Scorer``); registered as a generator."""
+    recipe = RlRecipe(root, rcfg, reward, judge, scorer)
+    return train_and_register(root, name, prompts, cfg, recipe, resume, restart, overwrite, on_step, log, track)
 
 
 def _start(work: Path, name: str, data: Path, cfg, settings: dict, resume: bool, restart: bool) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """``ragtune models merge``: a registered LoRA model's adapter folded into its base (PEFT
-``merge_and_unload``), saved as a plain Hugging Face folder for other tools or faster serving."""
+``merge_and_unload``), saved as a plain Hugging Face folder for other tools or faster serving.
+Any task: a generator (sft, dpo, kto, rl) becomes a causal LM folder; a reward model's folder also
+gets its scalar head (``score.safetensors``, read at the last token as ``train.reward`` does)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ragtune.errors import ModelError
@@ -31,6 +34,10 @@ def merge(ws_root: Path, name: str, out: Path | None = None, overwrite: bool = F
     with staged(dest, replace=overwrite) as tmp:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "ragtune-merged.json", {"format_version": FORMAT_VERSION, "model": name, "base": card.base,
+        if card.task == "reward":
+            from ragtune.train.reward import HEAD_FILE
+
+            shutil.copy2(folder / HEAD_FILE, tmp / HEAD_FILE)
+        write_json(tmp / "ragtune-merged.json", {"format_version": FORMAT_VERSION, "model": name, "task": card.task, "base": card.base,
                                                   "adapter_created": card.created, "created": now()})
     return dest
