@@ -14,7 +14,8 @@ on the first ``--held`` held-out pairs that fit: the share whose chosen answer g
 implicit reward ``beta * (log p - log p_ref)``, with its bootstrap 95% interval. Speed: real
 (non-padding) tokens per second over the training steps after the first (reference log-probs
 excluded on both sides); memory: peak RSS. TRL runs with ``use_cpu=True, bf16=False,
-gradient_checkpointing=False`` and ``precompute_ref_log_probs=True``. Writes
+gradient_checkpointing=False`` and ``precompute_ref_log_probs=True``; ours keeps its default activation
+checkpointing unless ``--no-checkpointing``. Writes
 benchmarks/results/dpo-hh-<stamp>.json and dpo-hh-latest.json.
 """
 from __future__ import annotations
@@ -85,7 +86,8 @@ def arm_ours(args, base, tokenizer, loss: str) -> dict:
 
     train, held = data(args, tokenizer)
     cfg = Config().override("train", method="lora", batch_size=args.batch, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                            learning_rate=args.lr, epochs=1.0, warmup_ratio=0.0, max_length=args.max_length).train
+                            learning_rate=args.lr, epochs=1.0, warmup_ratio=0.0, max_length=args.max_length,
+                            activation_checkpointing=not args.no_checkpointing).train
     model = build_model(base, cfg, 0)
     pad = tokenizer.pad_token_id
     if loss == "dpo":
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-checkpointing", action="store_true", help="ours without activation checkpointing (as TRL runs here)")
     ap.add_argument("--arms", default="ours-dpo,trl-dpo,ours-kto,trl-kto")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ragtune-dpo-bench"))
@@ -208,7 +211,8 @@ def main() -> None:
                                            "memory": ours["peak_rss_mb"] / trl["peak_rss_mb"]}
             print(f"ours vs TRL ({loss}): accuracy {cmp['accuracy']:+.3f} (target >= -0.01), {cmp['speedup']:.2f}x tokens/s "
                   f"(target >= 1.3x), {cmp['memory']:.2f}x peak RSS (target <= 0.6x)")
-    save_results(args.out, "dpo-hh", res, stamp)
+    res["ours_activation_checkpointing"] = not args.no_checkpointing
+    save_results(args.out, "dpo-hh" + ("-no-checkpointing" if args.no_checkpointing else ""), res, stamp)
 
 
 if __name__ == "__main__":

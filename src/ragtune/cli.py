@@ -665,6 +665,7 @@ def finetune_rl(ctx: typer.Context,
                 reward: Annotated[str, typer.Option("--reward", help="The registered reward model to maximise (ragtune finetune reward).")],
                 name: Annotated[str, typer.Option("--name", help="Register the tuned generator under this name (then: ragtune ask --model NAME).")],
                 judge: JudgeOpt = None,
+                eval_prompts: Annotated[Optional[Path], typer.Option("--eval-prompts", help="Prompts to check base vs tuned on (none of them trains); default: a [train] eval_fraction split of --prompts.", show_default=False)] = None,
                 algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="rloo (default) | grpo ([rl] algorithm).", show_default=False)] = None,
                 steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps ([rl] steps).", show_default=False)] = None,
                 samples: Annotated[Optional[int], typer.Option("--samples", help="Answers per prompt ([rl] samples).", show_default=False)] = None,
@@ -689,7 +690,7 @@ def finetune_rl(ctx: typer.Context,
     rcfg = ws.config.override("rl", algorithm=algorithm, steps=steps, samples=samples, prompts_per_step=prompts_per_step,
                               max_new_tokens=max_new_tokens, kl_coef=kl_coef, length_penalty=length_penalty).rl
     with RichProgress() as progress:
-        folder = train_rl(ws.root, name, prompts, _train_config(ws, ctx), rcfg, reward, judge, resume=resume, restart=restart,
+        folder = train_rl(ws.root, name, prompts, _train_config(ws, ctx), rcfg, reward, judge, held_out=eval_prompts, resume=resume, restart=restart,
                           overwrite=overwrite, on_step=progress.on_step, track=training_tracker(ws), log=progress.log)
     _print_card(folder.name, ws, _console())
 

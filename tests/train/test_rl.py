@@ -114,14 +114,21 @@ def test_rl_against_a_reward_model_is_judged_by_a_second_one(ws, cfg, prompts, t
     finetune_reward(ws.root, "judge", pairs, dataclasses.replace(rm_cfg, seed=1), log=lambda _: None)
     with pytest.raises(ConfigError, match="its scores prove nothing"):
         finetune_rl(ws.root, "p", pairs, cfg, RLConfig(steps=2, **RCFG), "rm", judge="rm")
-    finetune_rl(ws.root, "p", pairs, cfg, RLConfig(steps=2, **RCFG), "rm", judge="judge", log=lambda _: None)  # prompts of pairs
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": f"What colour is the {t} number {i}?"}) + "\n"
+                            for i, t in enumerate(["ball", "cup", "kite"])))  # prompts of the pair file: they will not train
+    folder = finetune_rl(ws.root, "p", pairs, cfg, RLConfig(steps=2, **RCFG), "rm", judge="judge", held_out=held,
+                         log=lambda _: None)  # the prompts of a pair file
     with pytest.raises(ConfigError, match="'p' is not a reward model"):
         finetune_rl(ws.root, "q", pairs, cfg, RLConfig(steps=2, **RCFG), "p")
     card = load_card(ws.root, "p")
     m = card.metrics
     assert card.config["reward"] == {"name": "rm", "sha256": model_sha256(ws.root, "rm")}
     assert card.config["judge"]["name"] == "judge"
-    assert m["win_rate_prompts"] > 0 and m["win_rate_low"] <= m["win_rate"] <= m["win_rate_high"]
+    assert m["win_rate_prompts"] == 3 and m["win_rate_low"] <= m["win_rate"] <= m["win_rate_high"]
+    assert [row["prompt"] for row in json.loads((folder / "checks.json").read_text())["held_out"]] == [
+        json.loads(line)["prompt"] for line in held.read_text().splitlines()]
+    assert m["examples_seen"] == 2 * 4 * 4 and card.config["held_out_sha256"]
     assert "reward_score_before" in m and "length_flagged" in m
 
 

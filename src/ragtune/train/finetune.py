@@ -383,10 +383,12 @@ class RlRecipe(PolicyRecipe):
 
     task, unit = "rl", "prompts"
 
-    def __init__(self, root: Path, rcfg, reward: str | None, judge: str | None = None, scorer=None) -> None:
+    def __init__(self, root: Path, rcfg, reward: str | None, judge: str | None = None, scorer=None,
+                 held_out: Path | None = None) -> None:
         from ragtune.train.rl import check
 
         check(rcfg)
+        self.held_out = held_out
         if reward is None and scorer is None:
             raise ConfigError("finetune rl needs a reward: --reward NAME (a registered reward model)")
         super().__init__(root, rcfg, reward, judge)
@@ -400,7 +402,11 @@ class RlRecipe(PolicyRecipe):
         if cfg.max_length <= self.rcfg.max_new_tokens:
             raise ConfigError(f"[train] max_length {cfg.max_length} leaves no room for prompts with [rl] max_new_tokens "
                               f"{self.rcfg.max_new_tokens}; raise --max-length")
-        train, held = split_prompts(load_prompts(data), cfg.eval_fraction, cfg.seed)
+        if self.held_out is not None:  # the prompts to check on, given: every other prompt trains
+            held = load_prompts(self.held_out)
+            train = [p for p in load_prompts(data) if p not in held]
+        else:
+            train, held = split_prompts(load_prompts(data), cfg.eval_fraction, cfg.seed)
         if not train:
             raise DatasetError(f"{data}: every prompt went to the held-out split; lower --eval-fraction")
         base = base_folder(cfg.base, root)
@@ -416,6 +422,9 @@ class RlRecipe(PolicyRecipe):
         if problems:
             raise DatasetError(f"{data}: {len(problems)} prompt(s) cannot be trained on:\n  " + "\n  ".join(problems[:10]))
         return Prepared(base, tok, encoded["train"], encoded["eval"], {"train": train, "eval": held}, sha256_file(data))
+
+    def settings(self):
+        return {**super().settings(), **({"held_out_sha256": sha256_file(self.held_out)} if self.held_out else {})}
 
     def held_out_prompts(self, prepared):
         return prepared.examples["eval"]
@@ -525,11 +534,13 @@ def finetune_direct(root: Path, name: str, data: Path, cfg, pcfg, loss: str = "d
 
 
 def finetune_rl(root: Path, name: str, prompts: Path, cfg, rcfg, reward: str | None, judge: str | None = None, scorer=None,
-                resume: bool = False, restart: bool = False, overwrite: bool = False, on_step=None, log=print,
-                track: Track | None = None) -> Path:
+                held_out: Path | None = None, resume: bool = False, restart: bool = False, overwrite: bool = False,
+                on_step=None, log=print, track: Track | None = None) -> Path:
     """RLOO or GRPO (``rcfg``: an ``RLConfig``) of the generator ``name`` on ``prompts`` against the
-    registered reward model ``reward`` (or ``scorer``, any ``rl.Scorer``); registered as a generator."""
-    recipe = RlRecipe(root, rcfg, reward, judge, scorer)
+    registered reward model ``reward`` (or ``scorer``, any ``rl.Scorer``); registered as a generator.
+    The checks after training use the prompts of ``held_out`` when given (none of them trains), else
+    a ``[train] eval_fraction`` split of ``prompts``."""
+    recipe = RlRecipe(root, rcfg, reward, judge, scorer, held_out)
     return train_and_register(root, name, prompts, cfg, recipe, resume, restart, overwrite, on_step, log, track)
 
 
