@@ -9,8 +9,8 @@ reference:
   with ``label_smoothing`` e the conservative variant (cDPO) ``(1 - e) * that + e * (the reversed pair)``;
 - KTO (Ethayarajh et al. 2024): a liked answer costs ``1 - sigmoid(beta * (logratio - z))``, a
   disliked one ``1 - sigmoid(beta * (z - logratio))``, weighted; ``z`` estimates the KL divergence
-  from the reference, from answers paired with *another* row's prompt (each row's partner is fixed
-  at encoding), averaged over the batch, clipped at 0 and computed without gradients, as TRL does.
+  from the reference, from answers paired with another row's prompt (each row's partner, the next
+  row's answer, is fixed at encoding), averaged over the batch, clipped at 0 and computed without gradients, as TRL does.
 
 The reference's log-probabilities never change, so they are computed once, before the first step,
 by the model about to be trained (a fresh LoRA adapter changes nothing; a full fine-tune has not
@@ -90,12 +90,11 @@ def thumbs_of(items: list) -> list[Thumb]:
 
 
 def encode_answers(thumbs: list[Thumb], tokenizer, max_length: int) -> tuple[list[EncodedAnswer], list[str]]:
-    """Every thumb encoded with its KL partner: the answer of the next row with another prompt (after
-    the last row, the first), put after this row's prompt; problems listed, not raised."""
+    """Every thumb encoded with its KL partner: the next row's answer (after the last row, the first
+    row's), put after this row's prompt; problems listed, not raised."""
     out, problems = [], []
     for i, t in enumerate(thumbs):
-        j = next((k % len(thumbs) for k in range(i + 1, i + len(thumbs)) if thumbs[k % len(thumbs)].prompt != t.prompt), i)
-        other = thumbs[j]
+        other = thumbs[(i + 1) % len(thumbs)]
         try:
             out.append(EncodedAnswer(t.id, encode_answer(t.id, tokenizer, t.prompt, t.completion, max_length), t.label,
                                      encode_answer(t.id, tokenizer, t.prompt, other.completion, max_length)))
