@@ -32,3 +32,27 @@ def run_arm(script: str, arm: str) -> dict:
     if line is None:
         sys.exit(f"{arm} failed:\n{out.stderr[-3000:]}")
     return {**json.loads(line[7:]), "wall_s": time.perf_counter() - t}
+
+
+def hh_pairs(args, encode, tokenizer):
+    """(train, held-out) HH-RLHF pairs as (Pair, encoded) for every arm alike: ``import_hh``, split by
+    prompt (seed 0, ``args.held_fraction``), the first ``args.train`` / ``args.held`` of each side
+    that ``encode(pair, tokenizer, args.max_length)`` accepts (not too long)."""
+    from ragtune.errors import DatasetError
+    from ragtune.train.preferences import Pair, import_hh, split_pairs
+
+    rows, _ = import_hh(args.data)
+    train, held = split_pairs([Pair(r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in rows], args.held_fraction, seed=0)
+
+    def fitting(items, n):
+        out = []
+        for p in items:
+            try:
+                out.append((p, encode(p, tokenizer, args.max_length)))
+            except DatasetError:
+                continue
+            if len(out) == n:
+                break
+        return out
+
+    return fitting(train, args.train), fitting(held, args.held)

@@ -31,33 +31,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import run_arm, save_results, utc_stamp  # noqa: E402
+from common import hh_pairs, run_arm, save_results, utc_stamp  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def data(args, tokenizer):
-    """(train pairs, held-out pairs) as (Pair, EncodedChoice), the same for every arm."""
-    from ragtune.errors import DatasetError
+    """(train pairs, held-out pairs), the same for every arm."""
     from ragtune.train.direct import encode_choice
-    from ragtune.train.preferences import Pair, import_hh, split_pairs
 
-    rows, _ = import_hh(args.data)
-    pairs = [Pair(r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-    train, held = split_pairs(pairs, args.held_fraction, seed=0)
-
-    def fitting(items, n):
-        out = []
-        for p in items:
-            try:
-                out.append((p, encode_choice(p, tokenizer, args.max_length)))
-            except DatasetError:
-                continue
-            if len(out) == n:
-                break
-        return out
-
-    return fitting(train, args.train), fitting(held, args.held)
+    return hh_pairs(args, encode_choice, tokenizer)
 
 
 def lora_model(base, args):

@@ -150,6 +150,11 @@ def sample(model, tokenizer, prompts: list[Messages], prompt_ids: list[list[int]
                    not ids or ids[-1] != eos_id) for i, ids in enumerate(out)]
 
 
+def end_of_turn(tokenizer) -> int:
+    """The token an assistant turn ends with (ChatML's ``<|im_end|>``), else end-of-sequence."""
+    return tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+
+
 def rows_of(prompt_ids: list[list[int]], answers: list[Answer], samples: int) -> list[Encoded]:
     """Prompt + answer token rows with the answer labelled, for log-probs of the answer."""
     return [Encoded(str(i), prompt_ids[i // samples] + a.ids, [IGNORE] * len(prompt_ids[i // samples]) + a.ids)
@@ -207,7 +212,7 @@ def train_rl(model, tokenizer, prompts: list[Messages], prompt_ids: list[list[in
     from ragtune.generate.transformers import pad_token
 
     check(rcfg)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+    eos = end_of_turn(tokenizer)
     pad = pad_token(tokenizer)
     reference = None if hasattr(model, "disable_adapter") else _frozen(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -291,7 +296,7 @@ def policy_answers(model, tokenizer, prompts: list[Messages], rcfg, seed: int, b
     """One sampled answer per held-out prompt (seeded: the base and the tuned model draw alike)."""
     import torch
 
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+    eos = end_of_turn(tokenizer)
     torch.manual_seed(seed)
     ids = [template_ids(tokenizer, p, generation_prompt=True) for p in prompts]
     return sample(model, tokenizer, prompts, ids, 1, rcfg, eos, batch_size)
