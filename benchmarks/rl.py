@@ -8,7 +8,8 @@ tuned policy over the base is judged by a *second* reward model trained on a dis
 Data: ``import_hh``, split by prompt (seed 0, ``--held-fraction``, as benchmarks/reward.py). The
 training side is cut in two halves by prompt (seed 1): the first ``--rm-pairs`` pairs of one half
 train the reward model the policy maximises (``rm``), of the other half the judge (``judge``). The
-held-out side's prompts are never seen by either: the first ``--prompts`` are the RL prompts, the
+held-out side's prompts (HH conversations ending in a user turn that leave ``--max-new-tokens`` of
+room within ``--max-length``) are never seen by either: the first ``--prompts`` are the RL prompts, the
 next ``--eval-prompts`` are answered by the base and each tuned policy after training (one seeded
 sample each, ``train.rl.PolicyCheck``): judge win rate with bootstrap 95% interval and its
 length-controlled view, reward-model score, KL to the base, length, end-of-turn rate; plus the
@@ -36,15 +37,33 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def splits(args):
-    """(rm pairs rows, judge pairs rows, RL prompts, eval prompts); prompts as message lists."""
+    """(rm pairs rows, judge pairs rows, RL prompts, eval prompts); prompts as message lists; reward
+    model pairs only where both answers fit ``--max-length`` with the chat template."""
+    from transformers import AutoTokenizer
+
+    from ragtune.errors import DatasetError
+    from ragtune.models.base import materialise_base
     from ragtune.train.preferences import Pair, import_hh, split_pairs
+    from ragtune.train.reward import encode_pair
+    from ragtune.train.sft import template_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(materialise_base("smollm2", workspace(args).root)))
+
+    def fits(p):
+        try:
+            return bool(encode_pair(p, tokenizer, args.max_length))
+        except DatasetError:
+            return False
 
     rows, _ = import_hh(args.data)
     pairs = [Pair(r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     train, held = split_pairs(pairs, args.held_fraction, seed=0)
     half_a, half_b = split_pairs(train, 0.5, seed=1)
     as_row = lambda p: {"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}  # noqa: E731
-    prompts = list({repr(p.prompt): p.prompt for p in held if len(p.prompt) == 1}.values())  # single-turn prompts
+    room = args.max_length - args.max_new_tokens  # prompts (HH's are conversations) that leave room for the answer
+    prompts = [p for p in {repr(p.prompt): p.prompt for p in held}.values()
+               if len(template_ids(tokenizer, p, generation_prompt=True)) <= room]
+    half_a, half_b = [p for p in half_a if fits(p)], [p for p in half_b if fits(p)]
     return ([as_row(p) for p in half_a[: args.rm_pairs]], [as_row(p) for p in half_b[: args.rm_pairs]],
             prompts[: args.prompts], prompts[args.prompts: args.prompts + args.eval_prompts])
 
@@ -207,6 +226,7 @@ def main() -> None:
     res.update(started_utc=stamp, loadavg_at_start=os.getloadavg(), command=" ".join([sys.executable, *sys.argv]), arms={})
     for arm in args.arms.split(","):
         r = res["arms"][arm] = run_arm(__file__, arm)
+        save_results(args.out, "rl-hh", res, stamp)  # after every arm: a stopped run keeps what it measured
         if arm == "reward-models":
             continue
         print(f"{arm:>9}: win rate {r.get('win_rate', float('nan')):.3f} (95% {r.get('win_rate_low', float('nan')):.3f}-"
@@ -215,7 +235,6 @@ def main() -> None:
               f"KL {r.get('kl_to_base', float('nan')):.2f} · length {r.get('length_before', float('nan')):.0f} -> "
               f"{r.get('length_after', float('nan')):.0f} · {r['s_per_prompt_visit']:.1f} s per prompt · peak RSS "
               f"{r['peak_rss_mb']:.0f} MB", flush=True)
-    save_results(args.out, "rl-hh", res, stamp)
 
 
 if __name__ == "__main__":

@@ -737,7 +737,7 @@ def score(data: Annotated[Path, typer.Argument(help="JSONL rows to score: prompt
 
 @models_app.command("list")
 def models_list(workspace: WorkspaceOpt = None) -> None:
-    """Registered models with their task (sft, reward), kind (lora, full), base and headline metric."""
+    """Registered models with their task (sft, reward, dpo, kto, rl), kind (lora, full), base and headline metric."""
     from rich.table import Table
 
     from ragtune.models.registry import list_models
