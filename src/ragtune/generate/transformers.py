@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ragtune.errors import GeneratorError
-from ragtune.generate import Generator, Messages
+from ragtune.generate import Generator, Messages, Sampling
 
 
 class TransformersGenerator(Generator):
@@ -54,16 +54,16 @@ class TransformersGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
         ids = self.tokenizer(self.format(messages), add_special_tokens=False, return_tensors="pt").input_ids
         if ids.shape[1] + 1 > self.context_size:
             raise GeneratorError(f"the prompt has {ids.shape[1]} tokens, more than [generate] context_size = {self.context_size}")
-        c = self.cfg
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p} if c.temperature > 0 else {"do_sample": False}
-        self._torch.manual_seed(c.seed)
+        self._torch.manual_seed(sampling.seed)
+        sampling = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+                    if sampling.temperature > 0 else {"do_sample": False})
         result: dict = {}
 
         def work() -> None:
