@@ -874,7 +874,7 @@ def serve(host: Annotated[Optional[str], typer.Option("--host", help="Address to
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app(ws)
     _console(stderr=True).print(f"serving {ws.root} on http://{cfg.host}:{cfg.port}/v1 · feedback in "
-                                f"{app.app.state.store.where} · keys {'on' if api_keys(cfg) else 'off (loopback)'}")
+                                f"{app.state.store.where} · keys {'on' if api_keys(cfg) else 'off (loopback)'}")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
 
 

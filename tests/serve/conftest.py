@@ -52,6 +52,7 @@ def call(server, method, path, body=None, key=KEY, raw=None, headers=None):
 
 @pytest.fixture(scope="package")
 def served(tmp_path_factory):
+    before = os.environ.get("RAGTUNE_TEST_KEYS")
     os.environ["RAGTUNE_TEST_KEYS"] = f"other-key,{KEY}"
     ws = Workspace.init(tmp_path_factory.mktemp("serve") / "ws")
     ws.ingest([HANDBOOK])
@@ -61,6 +62,7 @@ def served(tmp_path_factory):
     server.ws, server.app = ws, app
     yield server
     server.stop()
+    os.environ.pop("RAGTUNE_TEST_KEYS") if before is None else os.environ.update(RAGTUNE_TEST_KEYS=before)
 
 
 @pytest.fixture(scope="package")
@@ -71,4 +73,4 @@ def client(served):
 
 
 def store_of(served):
-    return served.app.app.state.store
+    return served.app.state.store

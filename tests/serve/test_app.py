@@ -64,16 +64,21 @@ def test_feedback_on_a_served_answer_lands_in_the_store_and_is_exported(served, 
 def test_every_route_refuses_a_missing_or_wrong_key(served):
     from fastapi.routing import APIRoute
 
-    routes = [(m, r.path) for r in served.app.app.routes if isinstance(r, APIRoute) for m in r.methods]
+    routes = [(m, r.path) for r in served.app.routes if isinstance(r, APIRoute) for m in r.methods]
     assert {p for _, p in routes} >= {"/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/feedback", "/health"}
     before = store_of(served).counts()
-    for method, path in routes + [("GET", "/no/such/route"), ("POST", "/v1/completions")]:
+    extra = [("GET", "/no/such/route"), ("POST", "/v1/completions"), ("HEAD", "/v1/models"), ("OPTIONS", "/v1/models"),
+             ("PUT", "/v1/feedback"), ("DELETE", "/v1/feedback"), ("GET", "/static/..%2Fapp.py"),
+             ("GET", "/static/%2e%2e/%2e%2e/ragtune.toml"), ("GET", "//v1/models"), ("GET", "/v1/models/../feedback")]
+    for method, path in routes + extra:
         for key in (None, "wrong-key", ""):
             status, body = call(served, method, path, {"model": "rag", "messages": [{"role": "user", "content": "hi"}],
                                                         "input": "x", "thumb": "up"}, key=key)
             assert status == 401, (method, path, key, status)
             if path == "/":  # the page: a form for the key, nothing else
                 assert b"API key needed" in body and b"/static/app.js" not in body
+            elif method == "HEAD":
+                assert not body
             else:
                 assert body["error"]["code"] == "invalid_api_key"
     assert store_of(served).counts() == before
@@ -118,8 +123,10 @@ def test_a_client_that_disconnects_stops_the_generation(served, caplog):
     body = {"model": "closed-book", "stream": True, "max_tokens": 256,
             "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]}
     with caplog.at_level(logging.INFO, logger="ragtune.serve"):
-        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"authorization": f"Bearer {KEY}"})
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"authorization": f"Bearer {KEY}",
+                                                                         "content-type": "application/json"})
         r = conn.getresponse()
+        assert r.status == 200
         for _ in range(3):
             r.fp.readline()
         conn.sock.shutdown(2)
@@ -128,8 +135,8 @@ def test_a_client_that_disconnects_stops_the_generation(served, caplog):
         while not any("generation stopped" in rec.getMessage() for rec in caplog.records):
             assert time.time() < deadline, "the generation was not stopped"
             time.sleep(0.1)
-    assert served.app.app.state.engine.lock.acquire(timeout=10)
-    served.app.app.state.engine.lock.release()
+    assert served.app.state.engine.lock.acquire(timeout=10)
+    served.app.state.engine.lock.release()
     assert store_of(served).counts()["responses"] == before
 
 
@@ -170,3 +177,46 @@ def test_two_servers_share_a_postgresql_feedback_store(tmp_path, postgres):
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    parts = (b"x" * 8192 for _ in range(20))  # 160 KiB, no Content-Length
+    conn.request("POST", "/v1/chat/completions", body=parts, encode_chunked=True,
+                 headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 413 and "64 KiB" in json.loads(r.read())["error"]["message"]
+
+
+def test_a_post_that_is_not_json_is_refused(served):
+    status, body = call(served, "POST", "/v1/feedback", raw=b"thumb=up", headers={"content-type": "text/plain"})
+    assert status == 415 and "application/json" in body["error"]["message"]
+
+
+def test_without_keys_only_loopback_names_are_answered(tmp_path):
+    """A page on another site that rebinds its DNS name to 127.0.0.1 sends its own name as Host."""
+    server = Server(create_app(Workspace.init(tmp_path / "ws")))
+    try:
+        status, body = call(server, "GET", "/v1/feedback", key=None, headers={"host": "attacker.example"})
+        assert status == 403 and body["error"]["code"] == "host_not_allowed"
+        assert call(server, "GET", "/v1/feedback", key=None, headers={"host": f"localhost:{server.port}"})[0] == 200
+    finally:
+        server.stop()
+
+
+def test_cors_answers_preflights_of_configured_origins_only(tmp_path):
+    ws = Workspace.init(tmp_path / "ws")
+    ws = ws.with_config(ws.config.override("serve", cors_origins=["https://app.example"]))
+    app = create_app(ws)
+    assert app.state.store  # the app is the FastAPI app, whatever wraps it
+    server = Server(app)
+    try:
+        for origin, allowed in (("https://app.example", True), ("https://evil.example", False)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("OPTIONS", "/v1/chat/completions", headers={
+                "origin": origin, "access-control-request-method": "POST", "access-control-request-headers": "authorization"})
+            r = conn.getresponse()
+            r.read()
+            assert (r.getheader("access-control-allow-origin") == origin) is allowed
+    finally:
+        server.stop()

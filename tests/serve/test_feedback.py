@@ -117,8 +117,8 @@ def test_acknowledged_feedback_survives_kill_9(tmp_path):
     acked += [line.strip() for line in proc.stdout if line.strip()]
     with FeedbackStore(path) as s:
         stored = [f.id for f in s.feedback()]
-    assert len(stored) == len(set(stored)) >= len(acked) >= 200
-    assert set(acked) <= set(stored)
+    assert len(acked) >= 200 and set(acked) <= set(stored)  # every acknowledged write is there
+    assert len(stored) - len(acked) <= 1  # and at most the one in flight besides (committed, not yet printed)
 
 
 def feedback_fixture(store):
@@ -150,7 +150,7 @@ def test_export_writes_rows_that_data_validate_accepts(store, tmp_path, fmt):
     if fmt == "kto":
         assert sorted((answer(r["completion"]), r["label"]) for r in rows) == [("bad answer", False), ("good answer", True)]
         assert rows[0]["prompt"] == prompt("q1")
-    elif fmt == "dpo":
+    elif fmt in ("dpo", "reward"):
         assert sorted((answer(r["chosen"]), answer(r["rejected"])) for r in rows) == [
             ("good answer", "bad answer"), ("right", "left")]
         assert report.used == {"rankings": 1, "a liked and a disliked answer": 1}
@@ -158,8 +158,23 @@ def test_export_writes_rows_that_data_validate_accepts(store, tmp_path, fmt):
         assert [answer(r["messages"]) for r in rows] == ["the right answer"]  # one per prompt: the correction first
         assert rows[0]["messages"][:2] == prompt("q1")
         assert report.left_out["other answers to a prompt that has a demonstration (a correction comes first)"] == 1
-    else:
-        assert sorted([answer(c) for c in r["completions"]] for r in rows) == [["good answer", "bad answer"], ["right", "left"]]
+
+
+def test_export_settles_contradicting_preferences_by_majority_and_skips_empty_answers(store, tmp_path):
+    a, b, c = served(store, "q", "alpha"), served(store, "q", "beta"), served(store, "q", "gamma")
+    store.add_feedback("ranking", ranking=[a, b, c])  # a > b > c
+    store.add_feedback("ranking", ranking=[b, a])  # b > a once: a tie on (a, b)
+    store.add_feedback("ranking", ranking=[c, b])  # c > b once against b > c once: a tie too
+    store.add_feedback("ranking", ranking=[a, c])  # a > c twice now
+    empty = served(store, "q", "   ")
+    store.add_feedback("thumb", empty, label=False)
+    rows, report = rows_for("dpo", store)
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("alpha", "gamma")]
+    assert report.left_out["answer pairs preferred both ways as often (conflict)"] == 2
+    assert report.left_out["answers or prompts with an empty text"] == 1
+    path = tmp_path / "pairs.jsonl"
+    export(store, "reward", path)  # rankings of three that overlap: no duplicate pair for the loader to refuse
+    assert len(path.read_text().splitlines()) == 1 and not list(tmp_path.glob(".*partial"))
 
 
 def test_export_with_nothing_to_export_says_what_it_needs_and_writes_nothing(store, tmp_path):

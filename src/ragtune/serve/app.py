@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
@@ -87,11 +88,23 @@ async def _send_error(send, err: ApiError, headers: list | None = None) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
 class Guard:
-    """API keys, body size and the access log, as one ASGI layer around the app."""
+    """API keys, body size and the access log, as one ASGI middleware around every route (unknown
+    ones included). Without keys (loopback only) it answers only requests addressed to a loopback
+    name: a web page that rebinds its own DNS name to 127.0.0.1 gets nothing."""
 
     def __init__(self, app, keys: list[str], max_body: int) -> None:
         self.app, self.keys, self.max_body = app, [k.encode() for k in keys], max_body
+
+    def _host_allowed(self, scope) -> bool:
+        if self.keys:
+            return True
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        return name in LOOPBACK
 
     def _authorised(self, scope) -> bool:
         """A key from 'Authorization: Bearer KEY'; for the page itself (GET / and /static/...), which a
@@ -127,6 +140,11 @@ class Guard:
                                      "prompt_tokens": st.get("prompt_tokens"), "completion_tokens": st.get("completion_tokens"),
                                      "response_id": st.get("response_id")}))
 
+        if not self._host_allowed(scope):
+            return await _send_error(logged_send, ApiError(403, "this server runs without API keys and answers only "
+                                                                "requests to 127.0.0.1 or localhost; set [serve] "
+                                                                "api_keys_env to serve other names", code="host_not_allowed",
+                                                           kind="permission_error"))
         if not self._authorised(scope):
             if _is_page(scope) and scope["path"] == "/":
                 return await _send_page(logged_send, 401, LOGIN_PAGE)
@@ -145,13 +163,10 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise _BodyTooLarge()
+                    raise _too_large(self.max_body)  # while the route reads the body: its error handler answers
             return message
 
-        try:
-            await self.app(scope, limited_receive, logged_send)
-        except _BodyTooLarge:
-            await _send_error(logged_send, _too_large(self.max_body))
+        await self.app(scope, limited_receive, logged_send)
 
 
 def _is_page(scope) -> bool:
@@ -162,10 +177,6 @@ async def _send_page(send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def _too_large(limit: int) -> ApiError:
@@ -200,8 +211,8 @@ def chat_request(body: Any, engine: Engine, cfg, default_max_tokens: int) -> Cha
         raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects", "messages")
     clean = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}]: needs 'role' system, user or assistant", f"messages[{i}].role")
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
+            raise ApiError(400, f"messages[{i}]: needs 'role' system (or developer), user or assistant", f"messages[{i}].role")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI's content parts: text parts only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
@@ -209,7 +220,7 @@ def chat_request(body: Any, engine: Engine, cfg, default_max_tokens: int) -> Cha
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be text", f"messages[{i}].content")
-        clean.append({"role": m["role"], "content": content})
+        clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
     if clean[-1]["role"] != "user" or not clean[-1]["content"].strip():
         raise ApiError(400, "the last message must be the user's question, and not empty", "messages")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -306,14 +317,14 @@ def completion_usage(turn: Turn) -> dict[str, int]:
 
 async def record(store: FeedbackStore, rid: str, turn: Turn) -> None:
     """Store the answer; returns once it is committed (feedback may refer to it from then on)."""
-    await asyncio.wrap_future(store.submit_response(Response(
-        rid, turn.model, turn.messages, turn.text, turn.question, turn.sources, turn.weights_sha256,
-        {**completion_usage(turn), "seconds": round(turn.seconds, 3)})))
+    done = store.submit_response(Response(rid, turn.model, turn.messages, turn.text, turn.question, turn.sources,
+                                          turn.weights_sha256, {**completion_usage(turn), "seconds": round(turn.seconds, 3)}))
+    await asyncio.shield(asyncio.wrap_future(done))  # a client leaving now does not cancel the write
 
 
 # -- the app -----------------------------------------------------------------------------------
 def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = None):
-    """The FastAPI app for workspace ``ws`` under its [serve] settings, wrapped in its guards."""
+    """The FastAPI app for workspace ``ws`` under its [serve] settings, with its guards."""
     cfg = ws.config.serve
     keys = api_keys(cfg)
     store = store or open_store(ws)
@@ -339,12 +350,28 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
     async def _wrong_method(request, exc):
         return error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"))
 
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+        return error_response(ApiError(400, f"{where or 'request'}: {first.get('msg', 'invalid')}", where))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, f"internal error ({type(exc).__name__}); see the server's log",
+                                       kind="server_error"))
+
     @app.exception_handler(RagtuneError)
     async def _ragtune_error(request, err: RagtuneError):
         return error_response(ApiError(400 if isinstance(err, ConfigError) else 500, str(err),
                                        kind="invalid_request_error" if isinstance(err, ConfigError) else "server_error"))
 
     async def json_body(request: Request) -> Any:
+        kind = request.headers.get("content-type", "")
+        if not kind.startswith("application/json"):  # a form or text/plain post from another site: refused
+            raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {kind or 'none'!r})",
+                           code="unsupported_media_type")
         raw = await request.body()
         try:
             return json.loads(raw)
@@ -393,24 +420,34 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+        answer = run_answer(engine, job)
+        first = await answer.__anext__()  # a prompt too long, a model that fails: an error status, not a 200
+
         async def events():
             yield chunk({"role": "assistant", "content": ""})
             try:
-                async for kind, value in run_answer(engine, job):
+                kind, value = first
+                while True:
                     if kind == "piece":
                         yield chunk({"content": value})
-                        continue
-                    turn = value
-                    await record(store, rid, turn)
-                    request.state.prompt_tokens, request.state.completion_tokens = turn.prompt_tokens, turn.completion_tokens
-                    yield chunk({}, turn.finish_reason, sources=turn.sources)
-                    if req.include_usage:
-                        yield (f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk', 'created': created, 'model': req.model, 'choices': [], 'usage': completion_usage(turn)})}\n\n")
+                    else:
+                        turn = value
+                        await record(store, rid, turn)
+                        request.state.prompt_tokens, request.state.completion_tokens = turn.prompt_tokens, turn.completion_tokens
+                        yield chunk({}, turn.finish_reason, sources=turn.sources)
+                        if req.include_usage:
+                            usage = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                                     "choices": [], "usage": completion_usage(turn)}
+                            yield f"data: {json.dumps(usage)}\n\n"
+                        break
+                    kind, value = await answer.__anext__()
             except Exception as e:  # noqa: BLE001 - the status is sent already: the error goes in the stream
                 err = e if isinstance(e, ApiError) else ApiError(500, str(e), kind="server_error")
                 if not isinstance(e, RagtuneError):
                     log.exception("answer failed")
                 yield f"data: {err.body().decode()}\n\n"
+            finally:
+                await answer.aclose()
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
@@ -457,8 +494,8 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
                 "responses": {rid: r.__dict__ for rid, r in responses.items()},
                 "next_since": rows[-1].created if rows else since}
 
-    guarded = Guard(app, keys, cfg.max_body_kb * 1024)
-    if cfg.cors_origins:
-        return CORSMiddleware(guarded, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
-                              allow_headers=["authorization", "content-type"])
-    return guarded
+    app.add_middleware(Guard, keys=keys, max_body=cfg.max_body_kb * 1024)
+    if cfg.cors_origins:  # added last = outermost: a browser's preflight is answered without a key
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
+    return app

@@ -75,6 +75,8 @@ class Engine:
     def _work(self) -> None:
         while True:
             work, done = self._jobs.get()
+            if not done.set_running_or_notify_cancel():  # its caller gave up before it started
+                continue
             with self.lock:
                 try:
                     done.set_result(work())

@@ -2,17 +2,17 @@
 
 * ``kto``: one ``{"prompt", "completion", "label"}`` row per judged answer: a thumb, or a score
   (4–5 liked, 1–2 disliked, 3 left out);
-* ``dpo``: ``{"prompt", "chosen", "rejected"}`` pairs from side-by-side preferences (rankings:
-  every better/worse pair) and from a liked and a disliked answer to the same prompt;
+* ``dpo`` and ``reward`` (a reward model learns from the same pairs): ``{"prompt", "chosen",
+  "rejected"}`` from side-by-side preferences (rankings: every better/worse pair) and from a liked
+  and a disliked answer to the same prompt; a pair preferred both ways is settled by majority;
 * ``sft``: ``{"messages"}`` demonstrations, one per prompt: the latest correction (the answer the
-  user wanted), else a liked answer;
-* ``reward``: ``{"prompt", "completions"}`` rankings, best first: the side-by-side rankings, and
-  a liked answer before a disliked one to the same prompt.
+  user wanted), else a liked answer.
 
 The prompt is exactly what the model was given (the RAG prompt with its sources), so the tuned
-model learns on the inputs it will be served. One answer judged several times counts once, by
-majority (a tie is a conflict and is left out); identical rows are written once. ``export``
-returns what it wrote and a count of where it came from; the file passes ``data validate``.
+model learns on the inputs it will be served. One answer (the same text to the same prompt)
+judged several times counts once, by majority; a tie is a conflict and is left out, as are answers
+or prompts with an empty text. ``export`` returns what it wrote and a count of where it came from;
+the file passes ``data validate`` before it replaces ``path``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,14 @@ class ExportReport:
                 "left_out": dict(self.left_out)}
 
 
+def usable(r: Response, report: ExportReport) -> bool:
+    """An answer and prompt the training formats accept (no empty text anywhere)."""
+    ok = bool(r.answer.strip()) and bool(r.messages) and all(m["content"].strip() for m in r.messages)
+    if not ok:
+        report.left_out["answers or prompts with an empty text"] += 1
+    return ok
+
+
 def verdicts(feedback: list[Feedback], responses: dict[str, Response], report: ExportReport) -> list[tuple[Response, bool]]:
     """Every judged answer (the same text to the same prompt is one answer, however often it was
     served) with whether it is liked, from its thumbs and scores by majority."""
@@ -50,7 +58,7 @@ def verdicts(feedback: list[Feedback], responses: dict[str, Response], report: E
     for fb in feedback:
         if fb.kind == "score" and fb.score == 3:
             report.left_out["score of 3 (neither liked nor disliked)"] += 1
-        if fb.kind not in ("thumb", "score") or fb.score == 3:
+        if fb.kind not in ("thumb", "score") or fb.score == 3 or not usable(responses[fb.response_id], report):
             continue
         r = responses[fb.response_id]
         key = canonical_json([r.messages, r.answer])
@@ -77,6 +85,38 @@ def _same_prompt(judged: list[tuple[Response, bool]]) -> list[tuple[Response, Re
     return [(a, b) for g in groups.values() for a, b in product(g[True], g[False])]
 
 
+def preferred_pairs(rankings: list[list[str]], judged: list[tuple[Response, bool]], responses: dict[str, Response],
+                    report: ExportReport) -> list[tuple[str, Response, Response]]:
+    """(where it came from, better, worse): every pair of different answers to one prompt that a
+    ranking or a liked × disliked combination orders, settled by majority (a tie is a conflict)."""
+    votes: Counter = Counter()  # (prompt, answer x, answer y), x < y: > 0 means x is better
+    seen: dict[tuple[str, str, str], tuple[str, dict[str, Response]]] = {}
+
+    def vote(better: Response, worse: Response, source: str) -> None:
+        if better.answer == worse.answer:
+            return
+        x, y = sorted((better.answer, worse.answer))
+        key = (canonical_json(better.messages), x, y)
+        votes[key] += 1 if better.answer == x else -1
+        seen.setdefault(key, (source, {}))[1].update({better.answer: better, worse.answer: worse})
+
+    for ranking in rankings:
+        if all(usable(responses[r], report) for r in ranking):
+            for better, worse in combinations(ranking, 2):
+                vote(responses[better], responses[worse], "rankings")
+    for a, b in _same_prompt(judged):
+        vote(a, b, "a liked and a disliked answer")
+    out = []
+    for key, v in votes.items():
+        source, answers = seen[key]
+        if v == 0:
+            report.left_out["answer pairs preferred both ways as often (conflict)"] += 1
+            continue
+        x, y = answers[key[1]], answers[key[2]]
+        out.append((source, x, y) if v > 0 else (source, y, x))
+    return out
+
+
 def rows_for(fmt: str, store: FeedbackStore) -> tuple[list[dict[str, Any]], ExportReport]:
     if fmt not in FORMATS:
         raise DatasetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -89,18 +129,13 @@ def rows_for(fmt: str, store: FeedbackStore) -> tuple[list[dict[str, Any]], Expo
     rows: list[tuple[str, dict[str, Any]]] = []
     if fmt == "kto":
         rows = [("thumbs and scores", {"prompt": r.messages, "completion": _answer(r), "label": up}) for r, up in judged]
-    elif fmt == "dpo":
-        for ranking in rankings:
-            for better, worse in combinations(ranking, 2):
-                a, b = responses[better], responses[worse]
-                if a.answer != b.answer:
-                    rows.append(("rankings", {"prompt": a.messages, "chosen": _answer(a), "rejected": _answer(b)}))
-        rows += [("a liked and a disliked answer", {"prompt": a.messages, "chosen": _answer(a), "rejected": _answer(b)})
-                 for a, b in _same_prompt(judged)]
+    elif fmt in ("dpo", "reward"):
+        rows = [(source, {"prompt": a.messages, "chosen": _answer(a), "rejected": _answer(b)})
+                for source, a, b in preferred_pairs(rankings, judged, responses, report)]
     elif fmt == "sft":  # one demonstration per prompt (a train/eval split must not see a prompt twice)
         demos: dict[str, tuple[str, dict[str, Any]]] = {}
         for fb in reversed(feedback):  # the latest correction first
-            if fb.correction:
+            if fb.correction and usable(responses[fb.response_id], report):
                 r = responses[fb.response_id]
                 demos.setdefault(canonical_json(r.messages), ("corrections", {
                     "messages": r.messages + [{"role": "assistant", "content": fb.correction.strip()}]}))
@@ -111,14 +146,6 @@ def rows_for(fmt: str, store: FeedbackStore) -> tuple[list[dict[str, Any]], Expo
         if wanted > len(demos):
             report.left_out["other answers to a prompt that has a demonstration (a correction comes first)"] += wanted - len(demos)
         rows = list(demos.values())
-    else:  # reward
-        for ranking in rankings:
-            answers = list(dict.fromkeys(responses[r].answer for r in ranking))
-            if len(answers) >= 2:
-                rows.append(("rankings", {"prompt": responses[ranking[0]].messages,
-                                          "completions": [[{"role": "assistant", "content": a}] for a in answers]}))
-        rows += [("a liked and a disliked answer", {"prompt": a.messages, "completions": [_answer(a), _answer(b)]})
-                 for a, b in _same_prompt(judged)]
     out, seen = [], set()
     for source, row in rows:
         key = canonical_json(row)
@@ -142,18 +169,22 @@ def export(store: FeedbackStore, fmt: str, path: Path) -> ExportReport:
     if not rows:
         raise DatasetError(f"no {fmt} rows in the feedback yet ({_summary(report)}); "
                            + _NEEDS[fmt])
-    write_jsonl(rows, Path(path))
-    if fmt == "sft":
-        load_examples(Path(path))
-    else:
-        load_preferences(Path(path), fmt)
+    path = Path(path)
+    staged = path.with_name(f".{path.name}.partial")
+    write_jsonl(rows, staged)
+    try:
+        load_examples(staged) if fmt == "sft" else load_preferences(staged, fmt)
+    except Exception:
+        staged.unlink(missing_ok=True)
+        raise
+    staged.replace(path)
     return report
 
 
 _NEEDS = {"kto": "KTO rows come from thumbs and scores",
           "dpo": "DPO pairs come from side-by-side choices, or a liked and a disliked answer to the same prompt",
           "sft": "demonstrations come from corrections and liked answers",
-          "reward": "rankings come from side-by-side choices, or a liked and a disliked answer to the same prompt"}
+          "reward": "pairs come from side-by-side choices, or a liked and a disliked answer to the same prompt"}
 
 
 def _summary(report: ExportReport) -> str:

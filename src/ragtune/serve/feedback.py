@@ -341,6 +341,9 @@ class FeedbackStore:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(nxt)
+            batch = [(work, done) for work, done in batch if done.set_running_or_notify_cancel()]  # not the cancelled
+            if not batch:
+                continue
             outcomes: list[tuple[Future, Any, BaseException | None]] = []
             try:
                 with self._lock, self._transaction():
@@ -383,10 +386,11 @@ class FeedbackStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:  # also when COMMIT itself failed: never leave it open
+                self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
 
     @property
     def _integrity_errors(self) -> tuple[type[Exception], ...]:

@@ -43,6 +43,7 @@ async function loadModels() {
 
 function newAnswer(container) {
   const node = $("#answer-template").content.firstElementChild.cloneNode(true);
+  for (const b of node.querySelectorAll(".feedback button")) b.disabled = true;  // until the answer is complete
   container.appendChild(node);
   return node;
 }
@@ -84,6 +85,7 @@ async function streamAnswer(node, messages, sampling) {
   }
   node.classList.remove("streaming");
   node.dataset.id = id;
+  for (const b of node.querySelectorAll(".feedback button")) b.disabled = false;
   return { id, text: answer.trim() };
 }
 
@@ -98,10 +100,11 @@ function showSources(node, sources) {
   }
 }
 
-async function sendFeedback(node, body) {
+// `key` makes a repeated click harmless: the server keeps the first feedback with a key
+async function sendFeedback(node, body, key) {
   const status = $(".status", node);
   try {
-    await api("/v1/feedback", { ...body, key: crypto.randomUUID ? crypto.randomUUID() : String(Math.random()) });
+    await api("/v1/feedback", { ...body, key });
     status.textContent = "thanks: feedback saved";
     status.classList.remove("error");
   } catch (e) {
@@ -116,7 +119,7 @@ function wireThumbs(node) {
     $(".up", node).classList.add("on");
     $(".down", node).classList.remove("on");
     $(".detail", node).hidden = true;
-    sendFeedback(node, { response_id: id(), thumb: "up" });
+    sendFeedback(node, { response_id: id(), thumb: "up" }, `${id()}:up`);
   });
   $(".down", node).addEventListener("click", () => {
     $(".down", node).classList.add("on");
@@ -131,7 +134,7 @@ function wireThumbs(node) {
     if (comment) body.comment = comment;
     if (correction) body.correction = correction;
     $(".detail", node).hidden = true;
-    sendFeedback(node, body);
+    sendFeedback(node, body, `${id()}:down:${Date.now()}`);  // the form hides once sent: no repeated clicks
   });
 }
 
@@ -164,7 +167,7 @@ async function ask(question) {
     prefer.addEventListener("click", () => {
       nodes.forEach((n) => { n.classList.remove("chosen"); $(".prefer", n).disabled = true; });
       node.classList.add("chosen");
-      sendFeedback(node, { ranking: [answers[i].id, answers[1 - i].id] });
+      sendFeedback(node, { ranking: [answers[i].id, answers[1 - i].id] }, `${answers[i].id}>${answers[1 - i].id}`);
       history = [...messages, { role: "assistant", content: answers[i].text }];
     });
   });
@@ -189,7 +192,10 @@ $("#ask").addEventListener("submit", async (ev) => {
 });
 
 $("#question").addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("#ask").requestSubmit(); }
+  if (ev.key === "Enter" && !ev.shiftKey) {
+    ev.preventDefault();
+    if (!$("#send").disabled) $("#ask").requestSubmit();
+  }
 });
 
 $("#new-chat").addEventListener("click", () => { history = []; $("#chat").replaceChildren(); });
