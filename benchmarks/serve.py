@@ -106,6 +106,7 @@ class Process:
                 return  # it answers
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
+                    self.proc.kill()
                     self.log.seek(0)
                     sys.exit(f"server did not start: {' '.join(argv)}\n{self.log.read().decode()[-2000:]}")
                 time.sleep(0.2)

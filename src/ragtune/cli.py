@@ -856,9 +856,9 @@ def serve(host: Annotated[Optional[str], typer.Option("--host", help="Address to
           port: Annotated[Optional[int], typer.Option("--port", "-p", help="Port (default: [serve] port, 8000).", show_default=False)] = None,
           workspace: WorkspaceOpt = None) -> None:
     """Serve the workspace: an OpenAI-compatible API (/v1/chat/completions with model 'rag',
-    'closed-book' or a registered model; /v1/models; /v1/embeddings) and feedback (/v1/feedback),
-    stored in .ragtune/feedback.sqlite or [serve] feedback_url. Loopback only unless [serve]
-    api_keys_env names the variable holding the API keys."""
+    'closed-book' or a registered model; /v1/models; /v1/embeddings), a chat page at /, and feedback
+    (/v1/feedback), stored in .ragtune/feedback.sqlite or the serve section's feedback_url. Loopback
+    only unless the serve section's api_keys_env names the variable holding the API keys."""
     import logging
 
     import uvicorn
@@ -876,6 +876,29 @@ def serve(host: Annotated[Optional[str], typer.Option("--host", help="Address to
     _console(stderr=True).print(f"serving {ws.root} on http://{cfg.host}:{cfg.port}/v1 · feedback in "
                                 f"{app.state.store.where} · keys {'on' if api_keys(cfg) else 'off (loopback)'}")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+
+
+@app.command()
+def cycle(qa: Annotated[Path, typer.Option("--qa", help="Question set (QA JSONL) the served model and the candidate both answer.")],
+          method: Annotated[str, typer.Option("--method", help="auto (DPO when there are pairs, else KTO) | dpo | kto | sft (corrections only)")] = "auto",
+          margin: Annotated[float, typer.Option("--margin", help="Promote only when the candidate's F1 beats the served model's by this much.")] = 0.02,
+          cycle_id: Annotated[Optional[str], typer.Option("--id", help="Go on with this cycle (its finished steps are skipped); default: a new one.", show_default=False)] = None,
+          limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.", show_default=False)] = None,
+          workspace: WorkspaceOpt = None) -> None:
+    """One turn of the loop: export feedback -> SFT on corrections, then DPO/KTO on preferences ->
+    evaluate the served model and the candidate on --qa -> promote the candidate (as the generate
+    section's model in ragtune.toml) only if it wins by --margin and passes the forgetting checks.
+    Resumable with --id."""
+    from ragtune.serve.cycle import run_cycle
+
+    ws = _workspace(workspace)
+    with RichProgress() as progress:
+        state = run_cycle(ws, qa, cycle_id=cycle_id, method=method, margin=margin, limit=limit, log=progress.log,
+                          progress=progress)
+    c = _console()
+    c.print(f"cycle {state['id']} · {ws.state_dir / 'cycles' / state['id'] / 'cycle.json'}")
+    decision = state.get("decision") or state["steps"].get("decide", {})
+    c.print(("[green]" if decision.get("promoted") else "[yellow]") + decision.get("reason", "") + "[/]", soft_wrap=True)
 
 
 @feedback_app.command("stats")
