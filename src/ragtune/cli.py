@@ -889,16 +889,20 @@ def cycle(qa: Annotated[Path, typer.Option("--qa", help="Question set (QA JSONL)
     evaluate the served model and the candidate on --qa -> promote the candidate (as the generate
     section's model in ragtune.toml) only if it wins by --margin and passes the forgetting checks.
     Resumable with --id."""
+    from rich.markup import escape
+
     from ragtune.serve.cycle import run_cycle
 
     ws = _workspace(workspace)
     with RichProgress() as progress:
-        state = run_cycle(ws, qa, cycle_id=cycle_id, method=method, margin=margin, limit=limit, log=progress.log,
-                          progress=progress)
+        state = run_cycle(ws, qa, cycle_id=cycle_id, method=method, margin=margin, limit=limit,
+                          log=lambda line: progress.log(escape(line)), progress=progress)
     c = _console()
     c.print(f"cycle {state['id']} · {ws.state_dir / 'cycles' / state['id'] / 'cycle.json'}")
     decision = state.get("decision") or state["steps"].get("decide", {})
-    c.print(("[green]" if decision.get("promoted") else "[yellow]") + decision.get("reason", "") + "[/]", soft_wrap=True)
+    from rich.markup import escape
+
+    c.print(("[green]" if decision.get("promoted") else "[yellow]") + escape(decision.get("reason", "")) + "[/]", soft_wrap=True)
 
 
 @feedback_app.command("stats")
@@ -916,22 +920,30 @@ def feedback_stats(workspace: WorkspaceOpt = None) -> None:
 @feedback_app.command("export")
 def feedback_export(fmt: Annotated[str, typer.Option("--format", "-f", help="kto | dpo | sft | reward")],
                     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+                    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Leave out rows longer than this many tokens with the base model's chat template (default: [train] max_length; RAG prompts carry their sources: 1024 or more keeps them).", show_default=False)] = None,
                     workspace: WorkspaceOpt = None) -> None:
     """Turn feedback into training data in TRL's formats: kto (thumbs and scores), dpo (side-by-side
     choices; a liked and a disliked answer to one prompt), sft (corrections and liked answers),
     reward (rankings). The file is checked as `ragtune data validate` checks it."""
+    from transformers import AutoTokenizer
+
     from ragtune.serve.export import export
     from ragtune.serve.feedback import open_store
+    from ragtune.train.finetune import base_folder
 
     ws = _workspace(workspace)
+    ws = ws.with_config(ws.config.override("train", max_length=max_length))
+    tokenizer = AutoTokenizer.from_pretrained(str(base_folder(ws.config.train.base, ws.root)))
     with open_store(ws) as store:
-        report = export(store, fmt, out)
+        report = export(store, fmt, out, tokenizer, ws.config.train.max_length)
     c = _console()
     used = ", ".join(f"{n} from {k}" for k, n in report.used.items())
     read = ", ".join(f"{n} {k}" for k, n in sorted(report.feedback.items()))
-    c.print(f"wrote {report.rows} {fmt} rows to {out} ({used}) from {read} feedback")
+    from rich.markup import escape
+
+    c.print(escape(f"wrote {report.rows} {fmt} rows to {out} ({used}) from {read} feedback"), soft_wrap=True)
     for why, n in report.left_out.items():
-        c.print(f"  left out: {n} {why}")
+        c.print(escape(f"  left out: {n} {why}"), soft_wrap=True)
     c.print(_validate_training_data(ws, out, fmt))
 
 

@@ -3,7 +3,8 @@
 1. **export** the feedback store as demonstrations (corrections, liked answers) and preferences
    (DPO pairs, else KTO thumbs), into ``.ragtune/cycles/ID/``;
 2. **train** a candidate from the model in service (``[generate] model`` when it is a registered
-   generator, else ``[train] base``): SFT on the demonstrations, then DPO or KTO on top of it;
+   generator, else ``[train] base``): SFT on the demonstrations, then DPO or KTO on top of it, at a
+   length that holds what was served (at least ``[generate] context_size`` tokens);
 3. **evaluate** the model in service and the candidate on the same question set (the workspace's
    RAG arm, every question tracked as an ``eval qa`` run), next to the candidate's forgetting checks;
 4. **decide**: promote the candidate (``[generate] model = CANDIDATE`` in ragtune.toml, so the next
@@ -120,10 +121,20 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def max_length(ws) -> int:
+    """Training length for served conversations: they fit the generator's context window by
+    construction (prompt + answer), so at least that ([train] max_length if longer)."""
+    return max(ws.config.train.max_length, ws.config.generate.context_size)
+
+
 def _export(ws, folder: Path, method: str, log) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
     from ragtune.serve.export import export
     from ragtune.serve.feedback import open_store
+    from ragtune.train.finetune import base_folder
 
+    tokenizer = AutoTokenizer.from_pretrained(str(base_folder(_trainable_base(ws, served_model(ws)), ws.root)))
     out: dict[str, Any] = {"sft": None, "preference": None, "reports": {}}
     wanted = {"auto": ["dpo", "kto"], "dpo": ["dpo"], "kto": ["kto"], "sft": []}[method]
     with open_store(ws) as store:
@@ -133,7 +144,7 @@ def _export(ws, folder: Path, method: str, log) -> dict[str, Any]:
                 break
             file = folder / f"{fmt}.jsonl"
             try:
-                report = export(store, fmt, file)
+                report = export(store, fmt, file, tokenizer, max_length(ws))
             except DatasetError as e:
                 if "no " in str(e) and " rows in the feedback" in str(e):
                     log(f"export {fmt}: none")
@@ -167,14 +178,14 @@ def _train(ws, state: dict[str, Any], folder: Path, exported: dict[str, Any], lo
 
     if exported["sft"]:
         name = f"{prefix}-sft"
-        cfg = ws.config.override("train", base=base).train
+        cfg = ws.config.override("train", base=base, max_length=max_length(ws)).train
         if (resume := resumable(name)) is not None:
             finetune(ws.root, name, Path(exported["sft"]), cfg, resume=resume, log=log, track=training_tracker(ws))
         out["models"].append(name)
         base = name
     if exported["preference"]:
         name = f"{prefix}-{exported['loss']}"
-        cfg = ws.config.override("train", base=base).train
+        cfg = ws.config.override("train", base=base, max_length=max_length(ws)).train
         if (resume := resumable(name)) is not None:
             finetune_direct(ws.root, name, Path(exported["preference"]), cfg, ws.config.preference, exported["loss"],
                             ws.config.rl, resume=resume, log=log, track=training_tracker(ws))

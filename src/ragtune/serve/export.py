@@ -34,12 +34,13 @@ class ExportReport:
     format: str
     rows: int = 0
     feedback: Counter = field(default_factory=Counter)  # feedback read, by kind
-    used: Counter = field(default_factory=Counter)  # rows written, by where they came from
-    left_out: Counter = field(default_factory=Counter)  # why feedback made no row
+    used: Counter = field(default_factory=Counter)  # rows made, by where they came from
+    left_out: Counter = field(default_factory=Counter)  # why feedback made no row (or a row was not written)
+    longest: int | None = None  # tokens of the longest row, when measured
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": self.format, "rows": self.rows, "feedback": dict(self.feedback), "used": dict(self.used),
-                "left_out": dict(self.left_out)}
+                "left_out": dict(self.left_out), "longest": self.longest}
 
 
 def usable(r: Response, report: ExportReport) -> bool:
@@ -159,13 +160,34 @@ def rows_for(fmt: str, store: FeedbackStore) -> tuple[list[dict[str, Any]], Expo
     return out, report
 
 
-def export(store: FeedbackStore, fmt: str, path: Path) -> ExportReport:
+def row_tokens(row: dict[str, Any], tokenizer) -> int:
+    """Tokens of a row's longest conversation (prompt + answer) with the chat template."""
+    from ragtune.train.sft import template_ids
+
+    if "messages" in row:
+        return len(template_ids(tokenizer, row["messages"], generation_prompt=False))
+    answers = [row[k] for k in ("completion", "chosen", "rejected") if k in row]
+    return max(len(template_ids(tokenizer, row["prompt"] + a, generation_prompt=False)) for a in answers)
+
+
+def export(store: FeedbackStore, fmt: str, path: Path, tokenizer=None, max_length: int | None = None) -> ExportReport:
     """Write ``fmt`` rows from everything in ``store`` to ``path`` (JSONL) and validate the file as
-    ``ragtune data validate`` does; nothing is written when there is nothing to write."""
+    ``ragtune data validate`` does; nothing is written when there is nothing to write. With a
+    ``tokenizer``, rows longer than ``max_length`` tokens (RAG prompts carry their sources) are left
+    out and counted; ``report.longest`` is the longest row's length."""
     from ragtune.train.data import load_examples
     from ragtune.train.preferences import load_preferences, write_jsonl
 
     rows, report = rows_for(fmt, store)
+    if tokenizer is not None and rows:
+        lengths = [row_tokens(row, tokenizer) for row in rows]
+        report.longest = max(lengths)
+        too_long = sum(n > max_length for n in lengths)
+        if too_long:
+            report.left_out[f"longer than max_length = {max_length} tokens (the longest has {report.longest}; "
+                            "raise [train] max_length or --max-length to keep them)"] += too_long
+            rows = [row for row, n in zip(rows, lengths) if n <= max_length]
+            report.rows = len(rows)
     if not rows:
         raise DatasetError(f"no {fmt} rows in the feedback yet ({_summary(report)}); "
                            + _NEEDS[fmt])
@@ -189,4 +211,5 @@ _NEEDS = {"kto": "KTO rows come from thumbs and scores",
 
 def _summary(report: ExportReport) -> str:
     read = ", ".join(f"{n} {k}" for k, n in sorted(report.feedback.items())) or "no feedback"
-    return f"read {read}"
+    left = "; ".join(f"left out {n} {why}" for why, n in report.left_out.items())
+    return f"read {read}" + (f"; {left}" if left else "")
