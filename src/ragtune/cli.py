@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ragtune.errors import RagtuneError
+from ragtune.errors import ConfigError, RagtuneError
 from ragtune.progress import RichProgress
 
 app = typer.Typer(help="RAG or fine-tuning? Build, measure and improve both, offline.",
@@ -35,6 +35,8 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(runs_app, name="runs")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
+feedback_app = typer.Typer(help="What users said about served answers (`ragtune serve`): counts, export as training data.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 
 WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace folder (default: the current folder or a parent with ragtune.toml).", show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", "-m", help="dense | bm25 | hybrid (default: [retrieve] mode).", show_default=False)]
@@ -490,15 +492,20 @@ def data_validate(path: Annotated[Path, typer.Argument(help="QA JSONL file, demo
         return
     if task not in ("sft", "reward", "dpo", "kto"):
         raise typer.BadParameter(f"--task {task!r}: choose qa, sft, reward, dpo or kto")
+    _console().print(_validate_training_data(_workspace(workspace), path, task, prompt_field, completion_field))
+
+
+def _validate_training_data(ws, path: Path, task: str, prompt_field: Optional[str] = None,
+                            completion_field: Optional[str] = None) -> str:
+    """Everything `finetune` checks before training (raises DatasetError); an OK line."""
     from ragtune.train.finetune import prepare, prepare_preferences
 
-    ws = _workspace(workspace)
     cfg = ws.config.train
     prepared = (prepare(ws.root, path, cfg, prompt_field, completion_field) if task == "sft"  # what `finetune` checks, all of it
                 else prepare_preferences(ws.root, path, cfg, task))
     what = "examples" if task == "sft" else type(prepared.examples["train"][0]).__name__.lower() + "s"
-    _console().print(f"{path}: {len(prepared.train)} train + {len(prepared.eval)} eval {what} (\\[train] eval_fraction "
-                     f"{cfg.eval_fraction}), all within max_length {cfg.max_length} for {cfg.base} — OK")
+    return (f"{path}: {len(prepared.train)} train + {len(prepared.eval)} eval {what} (\\[train] eval_fraction "
+            f"{cfg.eval_fraction}), all within max_length {cfg.max_length} for {cfg.base} — OK")
 
 
 @data_app.command("qa-to-sft")
@@ -842,6 +849,102 @@ def _print_checks(checks, c) -> None:
             c.print(f"      [red]problem:[/] {escape(ch.problem)}\n      [bold]fix:[/] {escape(ch.fix)}", soft_wrap=True)
     problems = sum(bool(ch.problem) for ch in checks)
     c.print(f"[red]{problems} problem(s)[/]" if problems else "[green]no problems found[/]")
+
+
+@app.command()
+def serve(host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: [serve] host, 127.0.0.1).", show_default=False)] = None,
+          port: Annotated[Optional[int], typer.Option("--port", "-p", help="Port (default: [serve] port, 8000).", show_default=False)] = None,
+          workspace: WorkspaceOpt = None) -> None:
+    """Serve the workspace: an OpenAI-compatible API (/v1/chat/completions with model 'rag',
+    'closed-book' or a registered model; /v1/models; /v1/embeddings), a chat page at /, and feedback
+    (/v1/feedback), stored in .ragtune/feedback.sqlite or the serve section's feedback_url. Loopback
+    only unless the serve section's api_keys_env names the variable holding the API keys."""
+    import logging
+
+    import uvicorn
+
+    from ragtune.serve.app import api_keys, create_app
+
+    ws = _workspace(workspace)
+    ws = ws.with_config(ws.config.override("serve", host=host, port=port))
+    cfg = ws.config.serve
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(cfg):
+        raise ConfigError(f"--host {cfg.host} would serve the network without API keys: set [serve] api_keys_env to the "
+                          "name of an environment variable holding them (e.g. RAGTUNE_API_KEYS) first")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = create_app(ws)
+    _console(stderr=True).print(f"serving {ws.root} on http://{cfg.host}:{cfg.port}/v1 · feedback in "
+                                f"{app.state.store.where} · keys {'on' if api_keys(cfg) else 'off (loopback)'}")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+
+
+@app.command()
+def cycle(qa: Annotated[Path, typer.Option("--qa", help="Question set (QA JSONL) the served model and the candidate both answer.")],
+          method: Annotated[str, typer.Option("--method", help="auto (DPO when there are pairs, else KTO) | dpo | kto | sft (corrections only)")] = "auto",
+          margin: Annotated[float, typer.Option("--margin", help="Promote only when the candidate's F1 beats the served model's by this much.")] = 0.02,
+          cycle_id: Annotated[Optional[str], typer.Option("--id", help="Go on with this cycle (its finished steps are skipped); default: a new one.", show_default=False)] = None,
+          limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.", show_default=False)] = None,
+          workspace: WorkspaceOpt = None) -> None:
+    """One turn of the loop: export feedback -> SFT on corrections, then DPO/KTO on preferences ->
+    evaluate the served model and the candidate on --qa -> promote the candidate (as the generate
+    section's model in ragtune.toml) only if it wins by --margin and passes the forgetting checks.
+    Resumable with --id."""
+    from rich.markup import escape
+
+    from ragtune.serve.cycle import run_cycle
+
+    ws = _workspace(workspace)
+    with RichProgress() as progress:
+        state = run_cycle(ws, qa, cycle_id=cycle_id, method=method, margin=margin, limit=limit,
+                          log=lambda line: progress.log(escape(line)), progress=progress)
+    c = _console()
+    c.print(f"cycle {state['id']} · {ws.state_dir / 'cycles' / state['id'] / 'cycle.json'}")
+    decision = state.get("decision") or state["steps"].get("decide", {})
+    from rich.markup import escape
+
+    c.print(("[green]" if decision.get("promoted") else "[yellow]") + escape(decision.get("reason", "")) + "[/]", soft_wrap=True)
+
+
+@feedback_app.command("stats")
+def feedback_stats(workspace: WorkspaceOpt = None) -> None:
+    """How many answers were served and how much feedback of each kind came back."""
+    from ragtune.serve.feedback import open_store
+
+    ws = _workspace(workspace)
+    with open_store(ws) as store:
+        counts = store.counts()
+    _console().print(f"{store.where}: {counts.pop('responses')} answers served · "
+                     + (" · ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no feedback yet"))
+
+
+@feedback_app.command("export")
+def feedback_export(fmt: Annotated[str, typer.Option("--format", "-f", help="kto | dpo | sft | reward")],
+                    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+                    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Leave out rows longer than this many tokens with the base model's chat template (default: [train] max_length; RAG prompts carry their sources: 1024 or more keeps them).", show_default=False)] = None,
+                    workspace: WorkspaceOpt = None) -> None:
+    """Turn feedback into training data in TRL's formats: kto (thumbs and scores), dpo (side-by-side
+    choices; a liked and a disliked answer to one prompt), sft (corrections and liked answers),
+    reward (rankings). The file is checked as `ragtune data validate` checks it."""
+    from transformers import AutoTokenizer
+
+    from ragtune.serve.export import export
+    from ragtune.serve.feedback import open_store
+    from ragtune.train.finetune import base_folder
+
+    ws = _workspace(workspace)
+    ws = ws.with_config(ws.config.override("train", max_length=max_length))
+    tokenizer = AutoTokenizer.from_pretrained(str(base_folder(ws.config.train.base, ws.root)))
+    with open_store(ws) as store:
+        report = export(store, fmt, out, tokenizer, ws.config.train.max_length)
+    c = _console()
+    used = ", ".join(f"{n} from {k}" for k, n in report.used.items())
+    read = ", ".join(f"{n} {k}" for k, n in sorted(report.feedback.items()))
+    from rich.markup import escape
+
+    c.print(escape(f"wrote {report.rows} {fmt} rows to {out} ({used}) from {read} feedback"), soft_wrap=True)
+    for why, n in report.left_out.items():
+        c.print(escape(f"  left out: {n} {why}"), soft_wrap=True)
+    c.print(_validate_training_data(ws, out, fmt))
 
 
 @app.callback(invoke_without_command=True)

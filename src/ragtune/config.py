@@ -173,6 +173,19 @@ class ExperimentConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The served app (`ragtune serve`): the OpenAI-compatible API, the web page and the feedback store."""
+
+    host: str = _f("127.0.0.1", "Address to listen on; 127.0.0.1 = this machine only (set 0.0.0.0 and api_keys_env to serve a network).")
+    port: int = _f(8000, "Port to listen on.")
+    api_keys_env: str = _f("", "Name of the environment variable holding the API keys (comma-separated); set = every route needs one. Empty = no keys.")
+    feedback_url: str = _f("", "Where feedback is stored: empty = .ragtune/feedback.sqlite; postgresql://user@host/db = shared by several servers (password from PGPASSWORD).")
+    cors_origins: list[str] = _f([], "Web origins allowed to call the API from a browser (CORS); empty = none (the app's own page needs none).")
+    max_body_kb: int = _f(1024, "Largest request body accepted, in KiB.")
+    max_tokens: int = _f(1024, "Most tokens one answer may ask for (a request's max_tokens above it is refused).")
+
+
+@dataclass
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -184,6 +197,7 @@ class Config:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = CONFIG_FILE) -> "Config":
@@ -246,7 +260,7 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-_POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k"}
+_POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k", "port", "max_body_kb"}
 _NON_NEGATIVE = {"forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 

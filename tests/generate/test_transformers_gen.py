@@ -43,3 +43,27 @@ def test_bad_model_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(GeneratorError, match="cannot load"):
         TransformersGenerator(tmp_path, CFG, threads=1)
+
+
+def test_closing_the_stream_stops_the_generation(base):
+    """A reader that goes away (a client that hung up) ends generate() at the next token: no
+    thread goes on generating up to max_tokens behind the next request's back."""
+    import threading
+    import time
+
+    before = threading.active_count()
+    pieces = base.stream([{"role": "user", "content": "Write a long story about the sea."}], max_tokens=400)
+    next(pieces), next(pieces)
+    t = time.perf_counter()
+    pieces.close()
+    assert time.perf_counter() - t < 5  # 400 tokens would take far longer on 2 cores
+    assert threading.active_count() == before
+
+
+def test_sampling_per_call(base):
+    from ragtune.generate import Sampling
+
+    greedy = base.generate(QUESTION).text
+    sampled = {base.generate(QUESTION, sampling=Sampling(temperature=1.5, seed=s)).text for s in range(4)}
+    assert base.generate(QUESTION, sampling=Sampling(temperature=1.5, seed=1)).text in sampled  # seeded: reproducible
+    assert sampled != {greedy}

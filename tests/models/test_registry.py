@@ -9,8 +9,7 @@ import pytest
 
 from ragtune.config import GenerateConfig
 from ragtune.errors import ConfigError, ModelError
-from ragtune.experiment.runs import generator_sha256
-from ragtune.generate import get_generator, model_path
+from ragtune.generate import generator_sha256, get_generator, model_path
 from ragtune.generate.transformers import TransformersGenerator
 from ragtune.models.base import base_identity
 from ragtune.models.registry import ModelCard, list_models, load_card, models_dir, register, remove, resolve, staging

@@ -152,25 +152,8 @@ def environment(ws, arm: str) -> dict[str, Any]:
         meta = ws.store.require_meta()
         env.update(embedder=meta.get("model_id"), index_path=ws.config.store.path, index_version=ws.store.pinned_version)
     if arm != "retrieval":
+        from ragtune.generate import generator_sha256
+
         env["generator"] = ws.generator.name
         env["generator_sha256"] = generator_sha256(ws.config.generate, ws.root)
     return env
-
-
-def generator_sha256(cfg, root: Path) -> str | None:
-    """The weights' sha256 of the model a ``GenerateConfig`` names (a registered model's recorded one);
-    None for a remote model or a folder layout that cannot be hashed."""
-    from ragtune.files import weights_sha256
-    from ragtune.generate import model_path
-    from ragtune.models.bundled import MODELS
-    from ragtune.models.registry import model_sha256, registered
-
-    if cfg.backend == "openai" and cfg.model not in MODELS:
-        return None  # a remote model: its name is all we know
-    path = model_path(cfg.model, root)  # a missing model is an error, not an unknown hash
-    try:
-        if registered(root, cfg.model):
-            return model_sha256(root, cfg.model)
-        return weights_sha256(path)
-    except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
-        return None

@@ -33,6 +33,21 @@ from ragtune.models.registry import registered, resolve
 Messages = list[dict[str, str]]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens: temperature 0 = greedy; ``seed`` makes sampling reproducible."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg, temperature: float | None = None, seed: int | None = None) -> "Sampling":
+        """[generate]'s settings (``cfg``; None = the defaults), with a call's own temperature or seed where given."""
+        cfg = cfg or cls()
+        return cls(cfg.temperature if temperature is None else temperature, cfg.top_p, cfg.seed if seed is None else seed)
+
+
 @dataclass
 class Generation:
     text: str
@@ -45,9 +60,11 @@ class Generation:
 
 class Generator:
     """Base class: backends implement ``format`` (messages -> prompt text), ``count_tokens``
-    and ``_stream`` (yield text pieces; set ``self._usage`` = (prompt, completion) tokens)."""
+    and ``_stream`` (yield text pieces; set ``self._usage`` = (prompt, completion) tokens).
+    ``cfg`` is the [generate] config; ``sampling`` (else [generate]'s) is per call."""
 
     name = "generator"
+    cfg = None
     context_size = 2048
     max_tokens = 256
 
@@ -57,15 +74,15 @@ class Generator:
     def count_tokens(self, text: str) -> int:
         return len(text) // 4 + 1  # rough: ~4 characters per token when no tokenizer is at hand
 
-    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
         raise NotImplementedError
 
-    def stream(self, messages: Messages, max_tokens: int | None = None) -> Iterator[str]:
+    def stream(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None) -> Iterator[str]:
         """Yield the answer piece by piece; afterwards ``self.last`` holds the whole ``Generation``."""
         self._usage = (0, 0)
         t0 = time.perf_counter()
         first, parts = None, []
-        for piece in self._stream(messages, max_tokens or self.max_tokens):
+        for piece in self._stream(messages, max_tokens or self.max_tokens, sampling or Sampling.of(self.cfg)):
             if first is None:
                 first = time.perf_counter() - t0
             parts.append(piece)
@@ -74,8 +91,8 @@ class Generator:
         prompt_tokens, completion_tokens = self._usage
         self.last = Generation("".join(parts), self.format(messages), prompt_tokens, completion_tokens, first, total)
 
-    def generate(self, messages: Messages, max_tokens: int | None = None) -> Generation:
-        for _ in self.stream(messages, max_tokens):
+    def generate(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None) -> Generation:
+        for _ in self.stream(messages, max_tokens, sampling):
             pass
         return self.last
 
@@ -98,6 +115,23 @@ def model_path(model: str, root: Path | None = None, key: str = "model") -> Path
         raise GeneratorError(f"{key} not found: {path}; set [generate] {key} to an existing path"
                              + (f" or one of: {', '.join(MODELS)}" if key == "model" else ""))
     return path
+
+
+def generator_sha256(cfg, root: Path) -> str | None:
+    """The weights' sha256 of the model a ``GenerateConfig`` names (a registered model's recorded one);
+    None for a remote model or a folder layout that cannot be hashed."""
+    from ragtune.files import weights_sha256
+    from ragtune.models.registry import model_sha256
+
+    if cfg.backend == "openai" and cfg.model not in MODELS:
+        return None  # a remote model: its name is all we know
+    path = model_path(cfg.model, root)  # a missing model is an error, not an unknown hash
+    try:
+        if registered(root, cfg.model):
+            return model_sha256(root, cfg.model)
+        return weights_sha256(path)
+    except Exception:  # noqa: BLE001 - a folder layout we cannot hash is recorded as unknown, not fatal
+        return None
 
 
 def get_generator(cfg, root: Path | None = None) -> Generator:

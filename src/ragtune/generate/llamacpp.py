@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ragtune.errors import GeneratorError
-from ragtune.generate import Generator, Messages
+from ragtune.generate import Generator, Messages, Sampling
 
 
 class LlamaCppGenerator(Generator):
@@ -43,14 +43,13 @@ class LlamaCppGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
         formatted = self._formatter(messages=messages)
         tokens = self.llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
         if len(tokens) + 1 > self.context_size:
             raise GeneratorError(f"the prompt has {len(tokens)} tokens, more than [generate] context_size = {self.context_size}")
-        c = self.cfg
         pieces = self.llm.create_completion(tokens, max_tokens=min(max_tokens, self.context_size - len(tokens)),
-                                            temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+                                            temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
                                             stop=formatted.stop, stream=True)
         parts = []
         for chunk in pieces:

@@ -15,7 +15,7 @@ import urllib.request
 from typing import Iterator
 
 from ragtune.errors import GeneratorError
-from ragtune.generate import Generation, Generator, Messages
+from ragtune.generate import Generation, Generator, Messages, Sampling
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -29,21 +29,20 @@ class OpenAIGenerator(Generator):
     def format(self, messages: Messages) -> str:
         return json.dumps(messages, indent=2, ensure_ascii=False)  # sent as JSON; the server applies its template
 
-    def _body(self, messages: Messages, stream: bool, max_tokens: int) -> bytes:
-        c = self.cfg
-        body = {"model": c.model, "messages": messages, "max_tokens": max_tokens, "temperature": c.temperature,
-                "top_p": c.top_p, "seed": c.seed, "stream": stream}
+    def _body(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling) -> bytes:
+        body = {"model": self.cfg.model, "messages": messages, "max_tokens": max_tokens, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "seed": sampling.seed, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body).encode()
 
-    def _open(self, messages: Messages, stream: bool, max_tokens: int):
+    def _open(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling):
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         for attempt in range(self.cfg.retries + 1):
-            request = urllib.request.Request(self.url, data=self._body(messages, stream, max_tokens), headers=headers, method="POST")
+            request = urllib.request.Request(self.url, data=self._body(messages, stream, max_tokens, sampling), headers=headers, method="POST")
             try:
                 return urllib.request.urlopen(request, timeout=self.cfg.timeout_s)
             except urllib.error.HTTPError as e:
@@ -61,20 +60,21 @@ class OpenAIGenerator(Generator):
                 raise GeneratorError(f"cannot reach {self.url} ({reason}) after {attempt + 1} tries; "
                                      "start the server or fix [generate] base_url") from None
 
-    def generate(self, messages: Messages, max_tokens: int | None = None) -> Generation:
+    def generate(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None) -> Generation:
         """One plain (non-streaming) request; time to first token is the whole time."""
         t0 = time.perf_counter()
-        text, (prompt_tokens, completion_tokens) = self._complete(messages, max_tokens or self.max_tokens)
+        text, (prompt_tokens, completion_tokens) = self._complete(messages, max_tokens or self.max_tokens,
+                                                                  sampling or Sampling.of(self.cfg))
         total = time.perf_counter() - t0
         self.last = Generation(text, self.format(messages), prompt_tokens, completion_tokens, total, total)
         return self.last
 
-    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
         """Server-sent events. Usage comes from the last event when the server honours
         ``stream_options.include_usage``; otherwise (llama.cpp's server) the completion counts one
         token per content event, as servers send them, and the prompt is estimated."""
         prompt_tokens = completion_tokens = deltas = 0
-        with self._open(messages, True, max_tokens) as response:
+        with self._open(messages, True, max_tokens, sampling) as response:
             for raw in response:
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
@@ -93,8 +93,8 @@ class OpenAIGenerator(Generator):
                         yield piece
         self._usage = (prompt_tokens or self.count_tokens(self.format(messages)), completion_tokens or deltas)
 
-    def _complete(self, messages: Messages, max_tokens: int) -> tuple[str, tuple[int, int]]:
-        with self._open(messages, False, max_tokens) as response:
+    def _complete(self, messages: Messages, max_tokens: int, sampling: Sampling) -> tuple[str, tuple[int, int]]:
+        with self._open(messages, False, max_tokens, sampling) as response:
             event = _parse(response.read().decode("utf-8", "replace"), self.url)
         try:
             text = event["choices"][0]["message"]["content"] or ""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ragtune.errors import GeneratorError
-from ragtune.generate import Generator, Messages
+from ragtune.generate import Generator, Messages, Sampling
 
 
 class TransformersGenerator(Generator):
@@ -54,32 +54,41 @@ class TransformersGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _stream(self, messages: Messages, max_tokens: int) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         ids = self.tokenizer(self.format(messages), add_special_tokens=False, return_tensors="pt").input_ids
         if ids.shape[1] + 1 > self.context_size:
             raise GeneratorError(f"the prompt has {ids.shape[1]} tokens, more than [generate] context_size = {self.context_size}")
-        c = self.cfg
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p} if c.temperature > 0 else {"do_sample": False}
-        self._torch.manual_seed(c.seed)
+        self._torch.manual_seed(sampling.seed)
+        sampling = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+                    if sampling.temperature > 0 else {"do_sample": False})
         result: dict = {}
+        stop = threading.Event()  # set when the reader goes away: generation ends at the next token
+
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                return stop.is_set()
 
         def work() -> None:
             with self._torch.inference_mode():
                 try:
                     result["out"] = self.model.generate(input_ids=ids, attention_mask=self._torch.ones_like(ids), streamer=streamer,
                                                         max_new_tokens=min(max_tokens, self.context_size - ids.shape[1]),
-                                                        pad_token_id=self.tokenizer.eos_token_id, **sampling)
+                                                        pad_token_id=self.tokenizer.eos_token_id,
+                                                        stopping_criteria=StoppingCriteriaList([Stopped()]), **sampling)
                 except Exception as e:  # surfaced in the caller's thread below
                     result["error"] = e
                     streamer.end()
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        yield from (piece for piece in streamer if piece)
-        thread.join()
+        try:
+            yield from (piece for piece in streamer if piece)
+        finally:  # also when the caller closes this generator early
+            stop.set()
+            thread.join()
         if "error" in result:
             raise GeneratorError(f"generation failed: {result['error']}")
         self._usage = (ids.shape[1], int(result["out"].shape[1] - ids.shape[1]))

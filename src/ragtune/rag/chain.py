@@ -48,8 +48,10 @@ class Chain:
         return AnswerStream(self.run(question, **kwargs))
 
     def run(self, question: str, *, k: int | None = None, mode: str | None = None, filters=None,
-            history: list[dict[str, str]] | None = None) -> Gen[str, None, Answer]:
-        """The chain as a generator: yields answer text as it is produced, returns the ``Answer``."""
+            history: list[dict[str, str]] | None = None, max_tokens: int | None = None,
+            sampling=None) -> Gen[str, None, Answer]:
+        """The chain as a generator: yields answer text as it is produced, returns the ``Answer``
+        (``max_tokens``, ``sampling``: this answer's; default [generate]'s)."""
         require_question(question)
         generator, cfg = self.generator, self.config
         t0 = time.perf_counter()
@@ -61,14 +63,15 @@ class Chain:
         if not hits or (sims and max(sims) < cfg.min_similarity):
             return Answer(question, DONT_KNOW, [], [], hits, [], "", True, generator.name, {}, {**timings, "total_s": t_retrieve})
         overhead = generator.count_tokens(generator.format(render(self.template, question, [], history)))
-        budget = min(cfg.context_tokens, generator.context_size - generator.max_tokens - overhead - 8)
+        max_tokens = max_tokens or generator.max_tokens
+        budget = min(cfg.context_tokens, generator.context_size - max_tokens - overhead - 8)
         if budget <= 0:
             raise ConfigError(f"[generate] context_size = {generator.context_size} leaves no room for sources after "
-                              f"max_tokens = {generator.max_tokens} and the {overhead}-token prompt; raise context_size")
+                              f"max_tokens = {max_tokens} and the {overhead}-token prompt; raise context_size")
         sources, dropped = pack(hits, generator.count_tokens, budget)
         messages = render(self.template, question, sources, history)
         t1 = time.perf_counter()
-        yield from generator.stream(messages)
+        yield from generator.stream(messages, max_tokens, sampling)
         g = generator.last
         cited = list(dict.fromkeys(int(n) for n in _CITATION.findall(g.text) if 1 <= int(n) <= len(sources)))
         method = "model"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -128,14 +129,33 @@ def base_folder(base: str, root: Path) -> Path:
     if card.task == "reward":
         raise ConfigError(f"--base {base!r} is a reward model; start from a generator (a bundled model, a folder, "
                           "or a registered sft/dpo/kto/rl model)")
-    if card.kind == "full":
-        return resolve(root, base).base
+    parts = resolve(root, base)
+    if card.kind == "full" and parts.tokenizer == parts.base:
+        return parts.base
     dest = Path(root) / STATE_DIR / BASE_DIR / f"{base}-{model_sha256(root, base)[:16]}"
-    if not (dest / "config.json").is_file():
-        from ragtune.train.merge import merge
+    if (dest / "config.json").is_file():
+        return dest
+    if card.kind == "full":  # its weights (linked, not copied) and its tokenizer in one folder, as a base must be
+        staging = dest.with_name(f".{dest.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for folder, link in ((parts.base, True), (parts.tokenizer, False)):
+            for f in folder.iterdir():
+                if f.is_file() and not (staging / f.name).exists():
+                    _link_or_copy(f, staging / f.name) if link else shutil.copy2(f, staging / f.name)
+        os.replace(staging, dest)
+        return dest
+    from ragtune.train.merge import merge
 
-        merge(root, base, dest, overwrite=True)
+    merge(root, base, dest, overwrite=True)
     return dest
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another file system
+        shutil.copy2(source, dest)
 
 
 # -- one driver for every kind of fine-tuning ------------------------------------------------------
