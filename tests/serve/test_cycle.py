@@ -58,12 +58,22 @@ def qa(tmp_path):
     return path
 
 
-def test_a_candidate_that_does_not_win_is_not_promoted_and_a_rerun_resumes(handbook_ws, tiny_llama_folder, tmp_path, qa):
-    ws = workspace(handbook_ws, tiny_llama_folder, tmp_path)
+@pytest.fixture(scope="module")
+def first_turn(handbook_ws, tiny_llama_folder, tmp_path_factory):
+    """One cycle with the default margin: (workspace, qa file, its record, its log, ragtune.toml before)."""
+    tmp = tmp_path_factory.mktemp("turn")
+    ws = workspace(handbook_ws, tiny_llama_folder, tmp)
     feedback(ws)
+    path = tmp / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in QA))
     toml_before = (ws.root / "ragtune.toml").read_text()
     lines = []
-    state = run_cycle(ws, qa, cycle_id="c1", margin=0.02, log=lines.append, track=False)
+    state = run_cycle(ws, path, cycle_id="c1", margin=0.02, log=lines.append, track=False)
+    return ws, path, state, lines, toml_before
+
+
+def test_a_candidate_that_does_not_win_is_not_promoted(first_turn, tiny_llama_folder):
+    ws, qa, state, lines, toml_before = first_turn
     steps = state["steps"]
     assert steps["export"]["reports"]["sft"]["rows"] == 6 and steps["export"]["loss"] == "dpo"
     assert steps["train"]["models"] == ["cycle-c1-sft", "cycle-c1-dpo"] and steps["train"]["base"] == str(tiny_llama_folder)
@@ -76,20 +86,33 @@ def test_a_candidate_that_does_not_win_is_not_promoted_and_a_rerun_resumes(handb
     on_disk = json.loads((ws.state_dir / "cycles" / "c1" / "cycle.json").read_text())
     assert on_disk["steps"]["decide"] == decision
 
-    lines.clear()
-    again = run_cycle(ws, qa, cycle_id="c1", margin=0.02, log=lines.append, track=False)
-    assert again["steps"] == state["steps"]
-    assert sum("skipped" in line for line in lines) == 4  # export, train, evaluate, decide: nothing redone
+
+def test_a_rerun_goes_on_from_the_first_unfinished_step_and_a_winner_is_promoted(first_turn):
+    """The decision is taken again with a margin the candidate meets (its step removed from
+    cycle.json, as if the run had stopped there): nothing is exported, trained or evaluated again,
+    and the candidate becomes [generate] model in ragtune.toml."""
+    ws, qa, state, _, _ = first_turn
+    path = ws.state_dir / "cycles" / "c1" / "cycle.json"
+    record = json.loads(path.read_text())
+    del record["steps"]["decide"]
+    path.write_text(json.dumps(record))
+    lines = []
+    again = run_cycle(ws, qa, cycle_id="c1", margin=-1.0, log=lines.append, track=False)
+    assert sum("skipped" in line for line in lines) == 3  # export, train, evaluate
+    assert {k: again["steps"][k] for k in ("export", "train", "evaluate")} == {
+        k: state["steps"][k] for k in ("export", "train", "evaluate")}
+    assert again["steps"]["decide"]["promoted"] and "promoted cycle-c1-dpo" in again["steps"]["decide"]["reason"]
+    assert Workspace(ws.root).config.generate.model == "cycle-c1-dpo"  # the next `ragtune serve` answers with it
+    assert "# " in (ws.root / "ragtune.toml").read_text()  # the file's documentation is still there
 
 
-def test_a_candidate_that_wins_by_the_margin_is_promoted_in_ragtune_toml(handbook_ws, tiny_llama_folder, tmp_path, qa):
+def test_kto_when_asked(handbook_ws, tiny_llama_folder, tmp_path, qa):
+    """--method kto exports thumbs and trains KTO after the SFT step (stopped before evaluating)."""
     ws = workspace(handbook_ws, tiny_llama_folder, tmp_path)
     feedback(ws)
-    state = run_cycle(ws, qa, cycle_id="c2", margin=-1.0, method="kto", log=lambda line: None, track=False)
-    decision = state["steps"]["decide"]
-    assert decision["promoted"] and "promoted cycle-c2-kto" in decision["reason"]
-    assert Workspace(ws.root).config.generate.model == "cycle-c2-kto"  # the next `ragtune serve` answers with it
-    assert "# " in (ws.root / "ragtune.toml").read_text()  # the file's documentation is still there
+    state = run_cycle(ws, qa, cycle_id="c2", method="kto", margin=0.02, limit=1, log=lambda line: None, track=False)
+    assert state["steps"]["export"]["loss"] == "kto" and state["steps"]["train"]["candidate"] == "cycle-c2-kto"
+    assert state["steps"]["export"]["reports"]["kto"]["rows"] == 12
 
 
 def test_without_feedback_there_is_nothing_to_learn(handbook_ws, tiny_llama_folder, tmp_path, qa):
