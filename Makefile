@@ -36,7 +36,7 @@ demo: $(VENV)/.installed
 
 # The report test's screenshot (and other test artefacts) are kept in tests/artifacts/.
 test: $(VENV)/.dev-installed
-	RAGTUNE_TEST_ARTIFACTS=tests/artifacts $(PY) -m pytest
+	RAGTUNE_TEST_ARTIFACTS=tests/artifacts $(PY) -m pytest --durations=15
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/retrieval.py --beir ../shared/data/scifact

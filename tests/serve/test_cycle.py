@@ -106,15 +106,6 @@ def test_a_rerun_goes_on_from_the_first_unfinished_step_and_a_winner_is_promoted
     assert "# " in (ws.root / "ragtune.toml").read_text()  # the file's documentation is still there
 
 
-def test_kto_when_asked(handbook_ws, tiny_llama_folder, tmp_path, qa):
-    """--method kto exports thumbs and trains KTO after the SFT step (stopped before evaluating)."""
-    ws = workspace(handbook_ws, tiny_llama_folder, tmp_path)
-    feedback(ws)
-    state = run_cycle(ws, qa, cycle_id="c2", method="kto", margin=0.02, limit=1, log=lambda line: None, track=False)
-    assert state["steps"]["export"]["loss"] == "kto" and state["steps"]["train"]["candidate"] == "cycle-c2-kto"
-    assert state["steps"]["export"]["reports"]["kto"]["rows"] == 12
-
-
 def test_without_feedback_there_is_nothing_to_learn(handbook_ws, tiny_llama_folder, tmp_path, qa):
     ws = workspace(handbook_ws, tiny_llama_folder, tmp_path)
     state = run_cycle(ws, qa, cycle_id="c3", log=lambda line: None, track=False)
