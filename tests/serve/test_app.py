@@ -143,8 +143,12 @@ def test_a_client_that_disconnects_stops_the_generation(served, caplog):
 def test_health_and_the_access_log(served, caplog):
     with caplog.at_level(logging.INFO, logger="ragtune.serve"):
         status, body = call(served, "GET", "/health")
-    assert status == 200 and body["status"] == "ok" and "rag" in body["models"]
-    line = json.loads(next(r.getMessage() for r in caplog.records if '"path": "/health"' in r.getMessage()))
+        assert status == 200 and body["status"] == "ok" and "rag" in body["models"]
+        deadline = time.time() + 10  # the line is written once the last byte is sent: the client may be first
+        while not (found := [r.getMessage() for r in caplog.records if '"path": "/health"' in r.getMessage()]):
+            assert time.time() < deadline, "no access-log line for GET /health"
+            time.sleep(0.05)
+    line = json.loads(found[0])
     assert line["status"] == 200 and line["ms"] >= 0
 
 
