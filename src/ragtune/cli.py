@@ -900,8 +900,6 @@ def cycle(qa: Annotated[Path, typer.Option("--qa", help="Question set (QA JSONL)
     c = _console()
     c.print(f"cycle {state['id']} · {ws.state_dir / 'cycles' / state['id'] / 'cycle.json'}")
     decision = state.get("decision") or state["steps"].get("decide", {})
-    from rich.markup import escape
-
     c.print(("[green]" if decision.get("promoted") else "[yellow]") + escape(decision.get("reason", "")) + "[/]", soft_wrap=True)
 
 

@@ -9,6 +9,7 @@ would be valid.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -298,3 +299,26 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
+
+
+def set_config_value(root: Path, section: str, key: str, value: str) -> None:
+    """Set ``[section] key = "value"`` in ragtune.toml in place: every other line, comment and
+    setting stays as it is; the result is validated before it replaces the file."""
+    path = Path(root) / CONFIG_FILE
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == f"[{section}]"), None)
+    new = f'{key} = "{value}"\n'
+    if start is None:
+        lines += [f"\n[{section}]\n", new]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        at = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
+        if at is None:
+            lines.insert(start + 1, new)
+        else:
+            lines[at] = new
+    text = "".join(lines)
+    Config.from_dict(tomllib.loads(text), origin=str(path))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

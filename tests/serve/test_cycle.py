@@ -9,7 +9,8 @@ from tests.conftest import HANDBOOK
 from ragtune import Workspace
 from ragtune.config import Config
 from ragtune.errors import ConfigError
-from ragtune.serve.cycle import run_cycle, set_config_value
+from ragtune.config import set_config_value
+from ragtune.serve.cycle import run_cycle
 from ragtune.serve.feedback import FeedbackStore, Response, new_id
 
 pytestmark = pytest.mark.slow

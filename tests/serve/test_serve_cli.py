@@ -92,7 +92,7 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server_and_retries_do_not_
 
 
 def test_feedback_export_writes_validated_training_data(root, smollm2_base):
-    from ragtune.serve.cycle import set_config_value
+    from ragtune.config import set_config_value
 
     set_config_value(root, "train", "base", str(smollm2_base[1]))  # the converted base: no conversion per workspace
     server = Served(root)

@@ -18,40 +18,16 @@ training and evaluation runs in theirs).
 
 from __future__ import annotations
 
-import re
-import tomllib
+import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ragtune.config import CONFIG_FILE, Config
+from ragtune.config import CONFIG_FILE, set_config_value
 from ragtune.errors import ConfigError, DatasetError
 from ragtune.files import sha256_file, utc_now, write_json
 
 CYCLES_DIR = "cycles"
 METHODS = ("auto", "dpo", "kto", "sft")
-
-
-def set_config_value(root: Path, section: str, key: str, value: str) -> None:
-    """Set ``[section] key = "value"`` in ragtune.toml in place: every other line, comment and
-    setting stays as it is; the result is validated before it replaces the file."""
-    path = Path(root) / CONFIG_FILE
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == f"[{section}]"), None)
-    new = f'{key} = "{value}"\n'
-    if start is None:
-        lines += [f"\n[{section}]\n", new]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        at = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
-        if at is None:
-            lines.insert(start + 1, new)
-        else:
-            lines[at] = new
-    text = "".join(lines)
-    Config.from_dict(tomllib.loads(text), origin=str(path))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def served_model(ws) -> str:
@@ -116,8 +92,6 @@ def run_cycle(ws, qa: Path, *, cycle_id: str | None = None, method: str = "auto"
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else None
 
 

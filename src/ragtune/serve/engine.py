@@ -62,6 +62,7 @@ class Engine:
         self._weights: dict[str, str] = {}
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._ids: tuple[int | None, list[str]] = (None, [])  # (registry folder's mtime, model ids)
 
     def submit(self, work: Callable[[], Any]) -> Future:
         """Run ``work`` in the worker thread after the work queued before it; a Future of its result."""
@@ -89,7 +90,7 @@ class Engine:
 
         folder = models_dir(self.ws.root)
         stamp = folder.stat().st_mtime_ns if folder.is_dir() else 0
-        if getattr(self, "_ids", (None,))[0] != stamp:
+        if self._ids[0] != stamp:
             names = [card.name for card in list_models(self.ws.root) if card.task != "reward"]
             self._ids = (stamp, [RAG, CLOSED_BOOK, *names, *(f"rag:{n}" for n in names)])
         return self._ids[1]
