@@ -125,10 +125,13 @@ def ragtune_server(args, kind: str, port: int) -> Process:
 
 
 def llama_server(port: int) -> Process:
+    """llama.cpp's server with ``--interrupt_requests False``: its default ends a stream early (with
+    [DONE]) whenever another request waits, which would count cut answers as served ones."""
     from ragtune.models.bundled import smollm2_gguf
 
     return Process([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-                    "--port", str(port), "--n_ctx", "2048", "--model_alias", "closed-book"], f"http://127.0.0.1:{port}/v1/models")
+                    "--port", str(port), "--n_ctx", "2048", "--model_alias", "closed-book",
+                    "--interrupt_requests", "False"], f"http://127.0.0.1:{port}/v1/models")
 
 
 # -- a small keep-alive HTTP/1.1 client on asyncio -------------------------------------------------

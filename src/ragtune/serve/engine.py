@@ -12,6 +12,7 @@ went away) stops the generation at the next token.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -45,6 +46,15 @@ class UnknownModel(ConfigError):
     pass
 
 
+def drain(job: Generator[str, None, Turn]) -> Turn:
+    """Run an ``Engine.answer`` generator to its end (a non-streamed answer); its ``Turn``."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as done:
+            return done.value
+
+
 def source_of(source) -> dict[str, Any]:
     """A prompt source ([n]) as the API shows it: its number, chunk id, file, title and character span."""
     h = source.hit
@@ -63,6 +73,7 @@ class Engine:
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._ids: tuple[int | None, list[str]] = (None, [])  # (registry folder's mtime, model ids)
+        self._models_dir: str | None = None
 
     def submit(self, work: Callable[[], Any]) -> Future:
         """Run ``work`` in the worker thread after the work queued before it; a Future of its result."""
@@ -88,8 +99,12 @@ class Engine:
         """Read again only when the registry folder changed (a model registered or removed)."""
         from ragtune.models.registry import list_models, models_dir
 
-        folder = models_dir(self.ws.root)
-        stamp = folder.stat().st_mtime_ns if folder.is_dir() else 0
+        if self._models_dir is None:
+            self._models_dir = str(models_dir(self.ws.root))
+        try:  # one stat per request: this runs on every chat request
+            stamp = os.stat(self._models_dir).st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
         if self._ids[0] != stamp:
             names = [card.name for card in list_models(self.ws.root) if card.task != "reward"]
             self._ids = (stamp, [RAG, CLOSED_BOOK, *names, *(f"rag:{n}" for n in names)])
