@@ -59,6 +59,8 @@ def test_feedback_on_a_served_answer_lands_in_the_store_and_is_exported(served, 
     mine = [f for f in export["data"] if f["id"] == fb["id"]]
     assert len(mine) == 1 and mine[0]["label"] is False and mine[0]["correction"] == "Hello! How can I help?"
     assert export["responses"][r.id]["answer"] == r.choices[0].message.content
+    status, rest = call(served, "GET", f"/v1/feedback?after={export['next_after']}")
+    assert status == 200 and rest["data"] == [] and rest["next_after"] == export["next_after"]
 
 
 def test_every_route_refuses_a_missing_or_wrong_key(served):

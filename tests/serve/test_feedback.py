@@ -48,6 +48,21 @@ def test_responses_and_feedback_round_trip_and_migrations_apply_once(store):
         assert s.counts() == {"responses": 1, "thumb": 1, "score": 1}
 
 
+def test_reading_page_by_page_returns_every_row_once_even_when_they_share_a_timestamp(store, monkeypatch):
+    import ragtune.serve.feedback as feedback
+
+    monkeypatch.setattr(feedback, "now", lambda: "2026-12-02T00:00:00.000000+00:00")  # one clock tick for all
+    with store as s:
+        rid = served(s, "Q?", "A.")
+        added = [s.add_feedback("score", rid, score=1 + i % 5)[0].id for i in range(23)]
+        pages, after = [], None
+        while page := s.feedback(after, limit=5):
+            pages.append([f.id for f in page])
+            after = page[-1].id
+    assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+    assert [i for p in pages for i in p] == sorted(added)  # all, once, in arrival (id) order
+
+
 def test_a_store_from_a_newer_ragtune_is_refused(tmp_path):
     path = tmp_path / "fb.sqlite"
     FeedbackStore(path).close()

@@ -485,19 +485,19 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
                              "response_id": fb.response_id, "duplicate": not new})
 
     @app.get("/v1/feedback")
-    async def get_feedback(since: str | None = None, limit: int = 1000):
+    async def get_feedback(after: str | None = None, limit: int = 1000):
         if not 1 <= limit <= 10_000:
             raise ApiError(400, "'limit' must be from 1 to 10000", "limit")
 
         def read():
-            rows = store.feedback(since, limit)
+            rows = store.feedback(after, limit)
             responses = store.responses(list({r for fb in rows for r in [fb.response_id, *(fb.ranking or [])]}))
             return rows, responses
 
         rows, responses = await run_in_threadpool(read)
         return {"object": "list", "data": [{**fb.__dict__, "object": "feedback"} for fb in rows],
                 "responses": {rid: r.__dict__ for rid, r in responses.items()},
-                "next_since": rows[-1].created if rows else since}
+                "next_after": rows[-1].id if rows else after}
 
     app.add_middleware(Guard, keys=keys, max_body=cfg.max_body_kb * 1024)
     if cfg.cors_origins:  # added last = outermost: a browser's preflight is answered without a key

@@ -104,7 +104,7 @@ def max_length(ws) -> int:
 def _export(ws, folder: Path, method: str, log) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from ragtune.serve.export import export
+    from ragtune.serve.export import NoRows, export
     from ragtune.serve.feedback import open_store
     from ragtune.train.finetune import base_folder
 
@@ -119,11 +119,9 @@ def _export(ws, folder: Path, method: str, log) -> dict[str, Any]:
             file = folder / f"{fmt}.jsonl"
             try:
                 report = export(store, fmt, file, tokenizer, max_length(ws))
-            except DatasetError as e:
-                if "no " in str(e) and " rows in the feedback" in str(e):
-                    log(f"export {fmt}: none")
-                    continue
-                raise
+            except NoRows:
+                log(f"export {fmt}: none")
+                continue
             out["reports"][fmt] = report.as_dict()
             log(f"export {fmt}: {report.rows} rows")
             if fmt == "sft":

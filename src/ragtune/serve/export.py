@@ -43,6 +43,10 @@ class ExportReport:
                 "left_out": dict(self.left_out), "longest": self.longest}
 
 
+class NoRows(DatasetError):
+    """The feedback holds nothing this format can be made from (yet)."""
+
+
 def usable(r: Response, report: ExportReport) -> bool:
     """An answer and prompt the training formats accept (no empty text anywhere)."""
     ok = bool(r.answer.strip()) and bool(r.messages) and all(m["content"].strip() for m in r.messages)
@@ -189,7 +193,7 @@ def export(store: FeedbackStore, fmt: str, path: Path, tokenizer=None, max_lengt
             rows = [row for row, n in zip(rows, lengths) if n <= max_length]
             report.rows = len(rows)
     if not rows:
-        raise DatasetError(f"no {fmt} rows in the feedback yet ({_summary(report)}); "
+        raise NoRows(f"no {fmt} rows in the feedback yet ({_summary(report)}); "
                            + _NEEDS[fmt])
     path = Path(path)
     staged = path.with_name(f".{path.name}.partial")

@@ -281,12 +281,14 @@ class FeedbackStore:
                     f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
         return {r.id: r for r in map(_response, rows)}
 
-    def feedback(self, since: str | None = None, limit: int | None = None) -> list[Feedback]:
-        """Feedback in the order it arrived (``since``: strictly after this ISO time)."""
+    def feedback(self, after: str | None = None, limit: int | None = None) -> list[Feedback]:
+        """Feedback in the order it arrived: by id, which starts with its creation time in
+        nanoseconds (``after``: the rows after this feedback id, for reading page by page; a
+        timestamp would lose the rows that share one at a page's edge)."""
         sql, params = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback", []
-        if since:
-            sql, params = sql + " WHERE created > ?", [since]
-        sql += " ORDER BY created, id"
+        if after:
+            sql, params = sql + " WHERE id > ?", [after]
+        sql += " ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
