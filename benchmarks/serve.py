@@ -124,14 +124,19 @@ def ragtune_server(args, kind: str, port: int) -> Process:
                    f"http://127.0.0.1:{port}/v1/models", {"BENCH_KEYS": KEY})
 
 
-def llama_server(port: int) -> Process:
-    """llama.cpp's server with ``--interrupt_requests False``: its default ends a stream early (with
-    [DONE]) whenever another request waits, which would count cut answers as served ones."""
+def llama_server(args, port: int) -> Process:
+    """llama.cpp's server on our terms: the workspace's context size and all cores (its default
+    takes half), and ``--interrupt_requests False`` (its default ends a stream early, with [DONE],
+    whenever another request waits, which would count cut answers as served ones)."""
     from ragtune.models.bundled import smollm2_gguf
+    from ragtune.workspace import Workspace
 
+    cfg = Workspace(args.root).config.generate
+    threads = str(cfg.threads or os.cpu_count())
     return Process([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-                    "--port", str(port), "--n_ctx", "2048", "--model_alias", "closed-book",
-                    "--interrupt_requests", "False"], f"http://127.0.0.1:{port}/v1/models")
+                    "--port", str(port), "--n_ctx", str(cfg.context_size), "--n_threads", threads,
+                    "--n_threads_batch", threads, "--model_alias", "closed-book", "--interrupt_requests", "False"],
+                   f"http://127.0.0.1:{port}/v1/models")
 
 
 # -- a small keep-alive HTTP/1.1 client on asyncio -------------------------------------------------
@@ -214,9 +219,10 @@ def pct(name: str, xs: list[float]) -> dict[str, float]:
 
 # -- the parts ---------------------------------------------------------------------------------------
 def part_generation(args, port: int) -> dict:
-    body = lambda i, n: {"model": "closed-book", "messages": QUESTION, "max_tokens": args.max_tokens, "stream": True}  # noqa: E731
+    body = lambda i, n: {"model": "closed-book", "messages": QUESTION, "max_tokens": args.max_tokens, "stream": True,  # noqa: E731
+                         "temperature": 0}  # greedy on both: the same answers, so the same work
     out = {}
-    for name, start in (("ragtune", lambda: ragtune_server(args, "ragtune", port)), ("llama_cpp.server", lambda: llama_server(port))):
+    for name, start in (("ragtune", lambda: ragtune_server(args, "ragtune", port)), ("llama_cpp.server", lambda: llama_server(args, port))):
         server = start()
         try:
             r = asyncio.run(load(port, args.clients, args.seconds, body, "/v1/chat/completions", stream=True))
