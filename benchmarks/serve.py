@@ -89,6 +89,9 @@ def serve_child(args) -> None:
         from ragtune.workspace import Workspace
 
         app = create_app(Workspace(args.root))
+    from ragtune.serve.app import settle_heap
+
+    settle_heap()  # as `ragtune serve` does
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="error", access_log=False)
 
 
@@ -218,6 +221,19 @@ def pct(name: str, xs: list[float]) -> dict[str, float]:
 
 
 # -- the parts ---------------------------------------------------------------------------------------
+def streamed_pieces(body: bytes) -> int:
+    """How many chunks of an SSE answer carried text."""
+    n = 0
+    for line in body.decode("utf-8", "replace").splitlines():
+        if line.startswith("data: {"):
+            try:
+                choices = json.loads(line[6:]).get("choices") or [{}]
+            except json.JSONDecodeError:  # a chunk split across HTTP chunks: counted by neither server
+                continue
+            n += bool((choices[0].get("delta") or {}).get("content"))
+    return n
+
+
 def part_generation(args, port: int) -> dict:
     body = lambda i, n: {"model": "closed-book", "messages": QUESTION, "max_tokens": args.max_tokens, "stream": True,  # noqa: E731
                          "temperature": 0}  # greedy on both: the same answers, so the same work
@@ -228,9 +244,11 @@ def part_generation(args, port: int) -> dict:
             r = asyncio.run(load(port, args.clients, args.seconds, body, "/v1/chat/completions", stream=True))
         finally:
             server.stop()
-        r.pop("_bodies")
+        pieces = [streamed_pieces(b) for b in r.pop("_bodies")]  # ~ tokens: both servers send one per chunk
+        r.update(pieces_per_answer=float(np.mean(pieces)) if pieces else 0.0, pieces_per_s=sum(pieces) / r["seconds"])
         out[name] = r
-        print(f"generation  {name:>16}: {r['requests_per_s']:.2f} req/s · first token p50 {r.get('first_token_ms_p50', 0):.0f} "
+        print(f"generation  {name:>16}: {r['requests_per_s']:.2f} req/s · {r['pieces_per_answer']:.0f} pieces per answer, "
+              f"{r['pieces_per_s']:.1f}/s · first token p50 {r.get('first_token_ms_p50', 0):.0f} "
               f"p95 {r.get('first_token_ms_p95', 0):.0f} p99 {r.get('first_token_ms_p99', 0):.0f} ms · {r['errors']} errors",
               flush=True)
     return out

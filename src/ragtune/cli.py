@@ -863,7 +863,7 @@ def serve(host: Annotated[Optional[str], typer.Option("--host", help="Address to
 
     import uvicorn
 
-    from ragtune.serve.app import api_keys, create_app
+    from ragtune.serve.app import api_keys, create_app, settle_heap
 
     ws = _workspace(workspace)
     ws = ws.with_config(ws.config.override("serve", host=host, port=port))
@@ -875,6 +875,7 @@ def serve(host: Annotated[Optional[str], typer.Option("--host", help="Address to
     app = create_app(ws)
     _console(stderr=True).print(f"serving {ws.root} on http://{cfg.host}:{cfg.port}/v1 · feedback in "
                                 f"{app.state.store.where} · keys {'on' if api_keys(cfg) else 'off (loopback)'}")
+    settle_heap()
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
 
 
