@@ -39,7 +39,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ragtune.errors import ConfigError, RagtuneError
 from ragtune.serve.engine import Engine, Turn, UnknownModel, drain
-from ragtune.serve.feedback import FeedbackError, FeedbackStore, Response, new_id, open_store
+from ragtune.serve.feedback import FeedbackError, FeedbackStore, Response, UnknownResponse, new_id, open_store
 
 log = logging.getLogger("ragtune.serve")
 WEB = Path(__file__).parent / "web"  # the chat page: index.html, app.js, style.css
@@ -100,20 +100,19 @@ class Guard:
     def __init__(self, app, keys: list[str], max_body: int) -> None:
         self.app, self.keys, self.max_body = app, [k.encode() for k in keys], max_body
 
-    def _host_allowed(self, scope) -> bool:
+    def _host_allowed(self, headers: dict) -> bool:
         if self.keys:
             return True
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        host = headers.get(b"host", b"").decode("latin-1")
         name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
         return name in LOOPBACK
 
-    def _authorised(self, scope) -> bool:
+    def _authorised(self, scope, headers: dict) -> bool:
         """A key from 'Authorization: Bearer KEY'; for the page itself (GET / and /static/...), which a
         browser loads without headers, also from the ``ragtune_key`` cookie the page sets. The API
         never takes the cookie (no request forged from another site can use it)."""
         if not self.keys:
             return True
-        headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
         if not token and _is_page(scope):
@@ -141,19 +140,20 @@ class Guard:
                                      "prompt_tokens": st.get("prompt_tokens"), "completion_tokens": st.get("completion_tokens"),
                                      "response_id": st.get("response_id")}))
 
-        if not self._host_allowed(scope):
+        headers = dict(scope["headers"])
+        if not self._host_allowed(headers):
             return await _send_error(logged_send, ApiError(403, "this server runs without API keys and answers only "
                                                                 "requests to 127.0.0.1 or localhost; set [serve] "
                                                                 "api_keys_env to serve other names", code="host_not_allowed",
                                                            kind="permission_error"))
-        if not self._authorised(scope):
+        if not self._authorised(scope, headers):
             if _is_page(scope) and scope["path"] == "/":
                 return await _send_page(logged_send, 401, LOGIN_PAGE)
             return await _send_error(logged_send, ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                                                 "with one of the keys in the variable [serve] api_keys_env names",
                                                            code="invalid_api_key", kind="authentication_error"),
                                      [(b"www-authenticate", b"Bearer")])
-        length = dict(scope["headers"]).get(b"content-length")
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _send_error(logged_send, _too_large(self.max_body))
         received = 0
@@ -489,7 +489,7 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
         try:
             fb, new = await asyncio.wrap_future(store.submit_feedback(**args))
         except FeedbackError as e:
-            raise ApiError(404 if "unknown response id" in str(e) else 400, str(e), code="invalid_feedback") from None
+            raise ApiError(404 if isinstance(e, UnknownResponse) else 400, str(e), code="invalid_feedback") from None
         request.state.response_id = fb.response_id
         return JSONResponse({"id": fb.id, "object": "feedback", "created": fb.created, "kind": fb.kind,
                              "response_id": fb.response_id, "duplicate": not new})

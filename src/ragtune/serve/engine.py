@@ -67,13 +67,15 @@ class Engine:
     (``submit``); ``lock`` is held while a model works."""
 
     def __init__(self, ws) -> None:
+        from ragtune.models.registry import models_dir
+
         self.ws = ws
         self.lock = threading.Lock()
         self._weights: dict[str, str] = {}
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._ids: tuple[int | None, list[str]] = (None, [])  # (registry folder's mtime, model ids)
-        self._models_dir: str | None = None
+        self._models_dir = str(models_dir(ws.root))  # a str: model_ids stats it on every chat request
 
     def submit(self, work: Callable[[], Any]) -> Future:
         """Run ``work`` in the worker thread after the work queued before it; a Future of its result."""
@@ -97,11 +99,9 @@ class Engine:
 
     def model_ids(self) -> list[str]:
         """Read again only when the registry folder changed (a model registered or removed)."""
-        from ragtune.models.registry import list_models, models_dir
+        from ragtune.models.registry import list_models
 
-        if self._models_dir is None:
-            self._models_dir = str(models_dir(self.ws.root))
-        try:  # one stat per request: this runs on every chat request
+        try:
             stamp = os.stat(self._models_dir).st_mtime_ns
         except FileNotFoundError:
             stamp = 0

@@ -79,6 +79,10 @@ class FeedbackError(RagtuneError):
     exit_code = 2
 
 
+class UnknownResponse(FeedbackError):
+    """The feedback names a response id this store does not hold."""
+
+
 @dataclass
 class Response:
     """One answer as served."""
@@ -258,7 +262,7 @@ class FeedbackStore:
         found = {r[0]: r[1] for r in self._run(f"SELECT id, messages FROM responses WHERE id IN ({marks})", ids).fetchall()}
         missing = [i for i in ids if i not in found]
         if missing:
-            raise FeedbackError(f"unknown response id {missing[0]!r}: feedback must name a response this app served")
+            raise UnknownResponse(f"unknown response id {missing[0]!r}: feedback must name a response this app served")
         if kind == "ranking" and len(set(found.values())) > 1:
             raise FeedbackError("a ranking compares answers to the same prompt; these responses answered different prompts")
 
