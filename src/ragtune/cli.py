@@ -904,6 +904,49 @@ def cycle(qa: Annotated[Path, typer.Option("--qa", help="Question set (QA JSONL)
     c.print(("[green]" if decision.get("promoted") else "[yellow]") + escape(decision.get("reason", "")) + "[/]", soft_wrap=True)
 
 
+@app.command()
+def compare(qa: Annotated[Optional[Path], typer.Option("--qa", help="Question set (QA JSONL with answers and doc_ids), split into train and test by document; default: synthetic questions from the index (data synth-qa).", show_default=False)] = None,
+            docs: Annotated[Optional[Path], typer.Option("--docs", help="Ingest these documents first (else the workspace's index is used).", show_default=False)] = None,
+            demos: Annotated[Optional[Path], typer.Option("--demos", help="Extra demonstrations (SFT data) for both fine-tuned arms.", show_default=False)] = None,
+            compare_id: Annotated[Optional[str], typer.Option("--id", help="Go on with this comparison (finished steps and trained models are reused); default: a new one.", show_default=False)] = None,
+            epochs: Annotated[Optional[float], typer.Option("--epochs", help="Passes over the training questions (default: [compare] epochs).", show_default=False)] = None,
+            fresh: Annotated[Optional[int], typer.Option("--fresh", help="Test answers changed in the documents for the freshness check (default: [compare] fresh_questions; 0 = skip).", show_default=False)] = None,
+            synth: Annotated[int, typer.Option("--synth", help="Without --qa: how many synthetic questions to write.")] = 60,
+            limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions of --qa.", show_default=False)] = None,
+            max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Most tokens per answer (default: [generate] max_tokens).", show_default=False)] = None,
+            track: Annotated[bool, typer.Option("--track/--no-track", help="Record every arm as a run (.ragtune/runs/ and MLflow experiment 'compare').")] = True,
+            workspace: WorkspaceOpt = None) -> None:
+    """RAG or fine-tuning? Four arms of the same base model on the same held-out questions: closed-book,
+    RAG, fine-tuned, fine-tuned + RAG (RAFT-style). Measures quality, latency, tokens, training cost,
+    freshness (answers changed in the documents) and forgetting, then recommends one from the numbers.
+    Resumable with --id; `ragtune report --compare ID` draws the page."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ragtune.experiment.rag_vs_ft import COMPARE_DIR, arm_figures, run_compare
+
+    ws = _workspace(workspace)
+    ws.config = (ws.config.override("compare", epochs=epochs, fresh_questions=fresh)
+                 .override("generate", max_tokens=max_tokens))
+    with RichProgress() as progress:
+        state = run_compare(ws, qa, docs=docs, demos=demos, compare_id=compare_id, synth_questions=synth, limit=limit,
+                            log=lambda line: progress.log(escape(line)), progress=progress, track=track)
+    c = _console()
+    split = state["steps"]["split"]
+    c.print(f"comparison {state['id']} · {split['train']} training / {split['test']} test questions"
+            + (" (synthetic)" if state["qa"]["synthetic"] else "") + f" · {ws.state_dir / COMPARE_DIR / state['id']}")
+    table = Table("arm", "F1", "EM", "contains", "prompt tok", "p50 ms", "fresh", "train s", "forgetting", box=None)
+    dash = "–"
+    for arm, f in arm_figures(state).items():
+        table.add_row(arm, *(dash if v is None else f"{v:.3f}" for v in (f["f1"], f["em"], f["contains"])),
+                      *(dash if v is None else f"{v:.0f}" for v in (f["prompt_tokens"], f["latency_p50_ms"])),
+                      dash if f["freshness"] is None else f"{round(f['freshness'] * f['fresh_questions'])}/{f['fresh_questions']}",
+                      dash if f["train_s"] is None else f"{f['train_s']:.0f}",
+                      dash if f["forgetting_flagged"] is None else ("flagged" if f["forgetting_flagged"] else "ok"))
+    c.print(table)
+    c.print("[bold]" + escape(state["recommendation"]["text"]) + "[/]", soft_wrap=True)
+
+
 @feedback_app.command("stats")
 def feedback_stats(workspace: WorkspaceOpt = None) -> None:
     """How many answers were served and how much feedback of each kind came back."""

@@ -166,6 +166,18 @@ class RLConfig:
 
 
 @dataclass
+class CompareConfig:
+    """RAG or fine-tuning? (`ragtune compare`): four arms of one base model on the same held-out questions."""
+
+    test_fraction: float = _f(0.3, "Share of each document's questions held out for the test (a document's only question stays in training, so every test question's document was seen in training).")
+    seed: int = _f(0, "Seed of the train/test split and of the changed values of the freshness check.")
+    fresh_questions: int = _f(20, "Test questions whose answer is changed in an edited copy of their document, re-ingested, and asked again (freshness); 0 = skip.")
+    margin: float = _f(0.02, "F1 difference under which two arms count as equally good: the recommendation then takes the one that follows changed documents best, then the cheaper one.")
+    epochs: float = _f(3.0, "Passes over the training questions for both fine-tuned arms (questions are few: one pass teaches little).")
+    learn_documents: bool = _f(False, "Also train the fine-tuned arm on the documents' passages (continued pre-training text, as chat turns: the passage's title -> its text).")
+
+
+@dataclass
 class ExperimentConfig:
     """Tracking evaluation runs (`ragtune eval qa`, `ragtune experiment run`)."""
 
@@ -198,6 +210,7 @@ class Config:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod
@@ -262,7 +275,7 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
 
 
 _POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k", "port", "max_body_kb"}
-_NON_NEGATIVE = {"forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
+_NON_NEGATIVE = {"fresh_questions", "margin", "forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:
@@ -272,6 +285,8 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"{where} {f.name} = {v} must be greater than 0")
         if f.name in _NON_NEGATIVE and v < 0:
             raise ConfigError(f"{where} {f.name} = {v} must be 0 or more")
+    if isinstance(obj, CompareConfig) and not 0 < obj.test_fraction < 1:
+        raise ConfigError(f"{where} test_fraction = {obj.test_fraction} must be between 0 and 1 (e.g. 0.3)")
     if isinstance(obj, IngestConfig) and obj.chunk_overlap >= obj.chunk_tokens // 2:
         raise ConfigError(f"{where} chunk_overlap = {obj.chunk_overlap} must be less than half of chunk_tokens ({obj.chunk_tokens})")
 

@@ -27,6 +27,30 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class Journal:
+    """A JSON record of a job's finished steps, rewritten (atomically) after each one, so a rerun goes on
+    from the first unfinished step: ``journal.step("train", work)`` runs ``work()`` once and keeps what
+    it returned under ``state["steps"]["train"]``."""
+
+    def __init__(self, path: Path, start: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {**start, "steps": {}}
+        self.resumed = self.path.is_file()
+
+    def step(self, name: str, work, log=None) -> Any:
+        if name in self.state["steps"]:
+            if log:
+                log(f"{name}: done in an earlier run, skipped")
+            return self.state["steps"][name]
+        self.state["steps"][name] = result = work()
+        self.save()
+        return result
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.state)
+
+
 def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes, read in 1 MB blocks."""
     h = hashlib.sha256()

@@ -18,13 +18,12 @@ training and evaluation runs in theirs).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from ragtune.config import CONFIG_FILE, set_config_value
 from ragtune.errors import ConfigError, DatasetError
-from ragtune.files import sha256_file, utc_now, write_json
+from ragtune.files import Journal, sha256_file, utc_now
 
 CYCLES_DIR = "cycles"
 METHODS = ("auto", "dpo", "kto", "sft")
@@ -59,40 +58,28 @@ def run_cycle(ws, qa: Path, *, cycle_id: str | None = None, method: str = "auto"
     folder = ws.state_dir / CYCLES_DIR / cycle_id
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cycle.json"
-    state = _load(path) or {"id": cycle_id, "started": utc_now(), "served": served_model(ws), "method": method,
-                            "margin": margin, "qa": {"path": str(qa), "sha256": sha256_file(qa), "questions": len(items)},
-                            "steps": {}}
+    journal = Journal(path, {"id": cycle_id, "started": utc_now(), "served": served_model(ws), "method": method,
+                             "margin": margin, "qa": {"path": str(qa), "sha256": sha256_file(qa), "questions": len(items)}})
+    state, step = journal.state, lambda name, work: journal.step(name, work, log)
     if state["qa"]["sha256"] != sha256_file(qa):
         raise DatasetError(f"cycle {cycle_id} was started with another version of {qa}; start a new cycle (no --id) "
                            "or restore the file")
 
-    def step(name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if name in state["steps"]:
-            log(f"{name}: done in an earlier run, skipped")
-            return state["steps"][name]
-        state["steps"][name] = result = work()
-        write_json(path, state)
-        return result
-
     exported = step("export", lambda: _export(ws, folder, method, log))
     if not exported["sft"] and not exported["preference"]:
         state["decision"] = {"promoted": False, "reason": f"nothing to learn from yet: {exported['summary']}"}
-        write_json(path, state)
+        journal.save()
         log(state["decision"]["reason"])
         return state
     trained = step("train", lambda: _train(ws, state, folder, exported, log))
     evaluated = step("evaluate", lambda: _evaluate(ws, qa, items, state["served"], trained["candidate"], limit, progress, track))
     decision = step("decide", lambda: _decide(ws, state, trained, evaluated, margin))
     state["finished"] = state.get("finished") or utc_now()
-    write_json(path, state)
+    journal.save()
     log(decision["reason"])
     if track:
         _track(ws, state, path)
     return state
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def max_length(ws) -> int:
@@ -135,30 +122,22 @@ def _export(ws, folder: Path, method: str, log) -> dict[str, Any]:
 
 def _train(ws, state: dict[str, Any], folder: Path, exported: dict[str, Any], log) -> dict[str, Any]:
     from ragtune.experiment.tracking import training_tracker
-    from ragtune.models.registry import registered
-    from ragtune.train.finetune import WORK_DIR, finetune, finetune_direct
+    from ragtune.train.finetune import finetune, finetune_direct, training_state
 
     base = _trainable_base(ws, state["served"])
     out: dict[str, Any] = {"base": base, "models": []}
     prefix = f"cycle-{state['id']}"
-    def resumable(name: str) -> bool | None:
-        """None: already registered (an earlier run of this cycle got that far); else whether to resume."""
-        if registered(ws.root, name):
-            log(f"{name}: registered in an earlier run, kept")
-            return None
-        return (ws.state_dir / WORK_DIR / name / "run.json").is_file()
-
     if exported["sft"]:
         name = f"{prefix}-sft"
         cfg = ws.config.override("train", base=base, max_length=max_length(ws)).train
-        if (resume := resumable(name)) is not None:
+        if (resume := training_state(ws.root, name, log)) is not None:
             finetune(ws.root, name, Path(exported["sft"]), cfg, resume=resume, log=log, track=training_tracker(ws))
         out["models"].append(name)
         base = name
     if exported["preference"]:
         name = f"{prefix}-{exported['loss']}"
         cfg = ws.config.override("train", base=base, max_length=max_length(ws)).train
-        if (resume := resumable(name)) is not None:
+        if (resume := training_state(ws.root, name, log)) is not None:
             finetune_direct(ws.root, name, Path(exported["preference"]), cfg, ws.config.preference, exported["loss"],
                             ws.config.rl, resume=resume, log=log, track=training_tracker(ws))
         out["models"].append(name)

@@ -522,6 +522,18 @@ def train_and_register(root: Path, name: str, data: Path, cfg, recipe: Recipe, r
     return folder
 
 
+def training_state(root: Path, name: str, log=None) -> bool | None:
+    """How a job that trains ``name`` goes on: None = already registered (an earlier run got that far;
+    keep it), True = a started training to resume, False = start one."""
+    from ragtune.models.registry import registered
+
+    if registered(root, name):
+        if log:
+            log(f"{name}: registered in an earlier run, kept")
+        return None
+    return (Path(root) / STATE_DIR / WORK_DIR / name / "run.json").is_file()
+
+
 def finetune(root: Path, name: str, data: Path, cfg, resume: bool = False, restart: bool = False, overwrite: bool = False,
              prompt_field: str | None = None, completion_field: str | None = None, system: str | None = None,
              on_step=None, log=print, track: Track | None = None) -> Path:

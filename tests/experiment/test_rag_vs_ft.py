@@ -1,0 +1,225 @@
+"""`ragtune compare`: the document-stratified split, changed facts written into edited copies and
+re-ingested, the recommendation rule, and a whole small comparison on the handbook (a tiny random
+Llama as the base, so training takes seconds: behaviour, not quality, is tested here)."""
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import HANDBOOK, REPO
+from ragtune import Workspace
+from ragtune.errors import DatasetError, WorkspaceError
+from ragtune.evaluate.qa import load_qa
+from ragtune.experiment.rag_vs_ft import (ARMS, Edit, changed_value, fresh_index, plan_edits, recommend, run_compare,
+                                          split_questions, write_edited)
+from ragtune.types import QAItem
+
+COMPARE_QA = REPO / "examples" / "handbook-compare.jsonl"
+
+
+def item(i, doc, answers=("x",)):
+    return QAItem(f"q{i}", f"question {i}?", list(answers), [doc] if doc else [])
+
+
+# -- the split ----------------------------------------------------------------------------------
+def test_split_is_stratified_by_document_and_fixed_by_the_seed():
+    items = [item(i, f"doc{i % 5}") for i in range(23)] + [item(100, "lonely.md")]
+    split = split_questions(items, 0.3, seed=0)
+    train_docs = {it.doc_ids[0] for it in split.train}
+    assert split.stratified and split.documents == 6
+    assert all(it.doc_ids[0] in train_docs for it in split.test)  # every test question's document was seen in training
+    assert "q100" in {it.id for it in split.train}  # a document's only question stays in training
+    assert {it.id for it in split.train}.isdisjoint({it.id for it in split.test})
+    assert len(split.train) + len(split.test) == len(items)
+    per_doc = {d: sum(it.doc_ids[0] == d for it in split.test) for d in train_docs}
+    assert per_doc["doc0"] == round(5 * 0.3) and per_doc["doc4"] == round(4 * 0.3)
+    again = split_questions(list(reversed(items)), 0.3, seed=0)
+    assert {it.id for it in again.test} == {it.id for it in split.test}  # order does not matter, the seed does
+    assert {it.id for it in split_questions(items, 0.3, seed=1).test} != {it.id for it in split.test}
+
+
+def test_without_doc_ids_the_split_is_one_group():
+    split = split_questions([item(i, None) for i in range(10)], 0.3)
+    assert not split.stratified and len(split.test) == 3
+
+
+def test_questions_without_answers_or_too_few_to_split_are_refused():
+    with pytest.raises(DatasetError, match=r"2 question\(s\) have no answers \('q1', 'q2'\).*answers"):
+        split_questions([item(0, "a"), item(1, "a", ()), item(2, "b", ())], 0.3)
+    with pytest.raises(DatasetError, match="too few questions to split: 3 question.*on 3 document.*at least two questions"):
+        split_questions([item(i, f"doc{i}") for i in range(3)], 0.3)
+
+
+# -- freshness ----------------------------------------------------------------------------------
+def test_changed_values_keep_the_shape_and_differ():
+    assert changed_value("240 credits", "s").endswith(" credits") and changed_value("240 credits", "s") != "240 credits"
+    day, month, year = changed_value("9 October 1987", "s").split()  # the numbers change, the words around them stay
+    assert month == "October" and day != "9" and len(year) == 4 and year[0] != "0" and year != "1987"
+    assert changed_value("KRO-Skyline", "s").startswith("KRO-")  # short capitals stay, words change
+    assert changed_value("Cornelius Vantreight", "s") == changed_value("Cornelius Vantreight", "s")  # fixed by the seed
+    assert changed_value("Cornelius Vantreight", "s") != changed_value("Cornelius Vantreight", "t")
+    assert changed_value("a to b", "s") is None
+
+
+@pytest.fixture(scope="module")
+def handbook_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    shutil.copytree(HANDBOOK, root / "handbook", ignore=shutil.ignore_patterns("_*.py"))
+    ws = Workspace.init(root / "ws")
+    ws.ingest([root / "handbook"])
+    return ws
+
+
+def test_changed_facts_are_written_into_edited_copies_and_reingested(handbook_ws, tmp_path):
+    ws = handbook_ws
+    test = load_qa(COMPARE_QA)
+    edits, skipped = plan_edits(ws, test, 6, seed=0)
+    assert len(edits) == 6
+    assert not any(e.source.endswith((".pdf", ".docx")) for e in edits)  # binary formats are not edited
+    files, kept = write_edited(ws, edits, tmp_path / "edited")
+    assert sorted(kept, key=lambda e: e.question) == sorted(edits, key=lambda e: e.question)
+    for e in edits:
+        text = files[e.source].read_text()
+        assert e.new in text and e.old not in text
+    before = {r["text"] for r in ws.store.rows(["text"])}
+    view, report = fresh_index(ws, tmp_path / "fresh", files)
+    rows = view.store.rows(["source", "text"])
+    fresh_text = " ".join(r["text"] for r in rows)
+    assert all(e.new in fresh_text for e in edits)
+    assert not any(e.old in r["text"] for e in edits for r in rows if r["source"].endswith(files[e.source].name))
+    assert not any(r["source"] in files for r in rows)  # the originals of the edited files are left out
+    assert {r["text"] for r in ws.store.rows(["text"])} == before  # the workspace's own index is untouched
+    assert report.chunks_embedded < report.chunks_written  # unchanged chunks came from the embedding cache
+    hits = view.search(test[[it.id for it in test].index(edits[0].question)].question, k=3)
+    assert any(edits[0].new in h.text for h in hits)
+
+
+def test_records_files_are_edited_record_by_record(tmp_path):
+    ws = Workspace.init(tmp_path / "ws")
+    data = tmp_path / "paras.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "title": "Prices", "text": f"Paragraph {i}: the fee is 240 credits."}) + "\n"
+                            for i in range(3)))
+    ws.ingest([data])
+    source = ws.store.rows(["source"])[0]["source"]
+    files, kept = write_edited(ws, [Edit("q", "p1", source, "240 credits", "517 credits")], tmp_path / "edited")
+    rows = [json.loads(line) for line in files[source].read_text().splitlines()]
+    assert [r["text"].endswith("517 credits.") for r in rows] == [False, True, False] and len(kept) == 1
+
+
+# -- the recommendation ---------------------------------------------------------------------------
+def figures(**f1):
+    base = {"closed-book": dict(f1=0.04, prompt_tokens=40, freshness=0.0),
+            "rag": dict(f1=0.25, prompt_tokens=240, freshness=0.9),
+            "ft": dict(f1=0.07, prompt_tokens=40, freshness=0.0, forgetting_flagged=False),
+            "ft+rag": dict(f1=0.31, prompt_tokens=240, freshness=0.85, forgetting_flagged=False)}
+    for arm, value in f1.items():
+        base[arm.replace("_", "+")]["f1"] = value
+    return {arm: {**a, "fresh_questions": 20} for arm, a in base.items()}
+
+
+def test_the_recommendation_follows_the_numbers():
+    r = recommend(figures(), 0.02)
+    assert r["choice"] == "ft+rag"
+    assert "RAFT" in r["text"] and "+0.060 F1 over RAG alone" in r["text"] and "6.0x the prompt tokens" in r["text"]
+    assert "17/20 fresh answers" in r["text"] and "0/20 fresh answers" in r["text"]
+    assert recommend(figures(ft_rag=0.26), 0.02)["choice"] == "rag"  # within the margin: the fresher one
+    assert recommend(figures(ft_rag=0.26), 0.0)["choice"] == "ft+rag"
+    assert recommend(figures(ft=0.5), 0.02)["choice"] == "ft"
+    no_help = figures(rag=0.05, ft=0.05, ft_rag=0.05)
+    assert recommend(no_help, 0.02)["choice"] == "rag"  # as good, and it follows changed documents
+    for arm in ARMS:
+        no_help[arm]["freshness"] = 0.0
+    r = recommend(no_help, 0.02)
+    assert r["choice"] == "closed-book" and r["text"].startswith("neither helps by more than 0.02 F1")
+    flagged = figures()
+    flagged["ft+rag"]["forgetting_flagged"] = True
+    r = recommend(flagged, 0.1)  # ft+rag and rag tie within 0.1, ft+rag forgot: rag
+    assert r["choice"] == "rag" and "flagged by the forgetting checks" in r["text"]
+    assert r["text"] != recommend(figures(), 0.1)["text"]
+
+
+# -- a whole comparison -----------------------------------------------------------------------------
+def tiny_settings(ws, tiny_llama_folder):
+    return ws.with_config(ws.config.override("train", base=str(tiny_llama_folder), method="full", batch_size=8,
+                                             learning_rate=1e-3, check_prompts=False, check_answers=0, eval_fraction=0.0)
+                          .override("compare", epochs=1.0, fresh_questions=4).override("generate", max_tokens=8))
+
+
+@pytest.fixture(scope="module")
+def comparison(handbook_ws, tiny_llama_folder, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("whole") / "copy"
+    shutil.copytree(handbook_ws.root.parent, copy)  # the workspace and the handbook beside it (sources are relative)
+    ws = tiny_settings(Workspace(copy / "ws"), tiny_llama_folder)
+    lines = []
+    state = run_compare(ws, COMPARE_QA, compare_id="c1", log=lines.append)
+    return ws, state, lines
+
+
+@pytest.mark.slow
+def test_a_comparison_trains_evaluates_and_tracks_four_arms(comparison):
+    from ragtune.experiment.runs import RUNS_DIR, load_run
+    from ragtune.experiment.tracking import tracker_for
+    from ragtune.models.registry import load_card
+
+    ws, state, lines = comparison
+    steps = state["steps"]
+    assert steps["split"]["test"] == len(load_qa(ws.state_dir / "compare" / "c1" / "test.jsonl")) > 0
+    runs = {arm: load_run(ws.state_dir / RUNS_DIR / steps[f"evaluate {arm}"]["run"]) for arm in ARMS}
+    assert {r.info["params"]["compare_arm"] for r in runs.values()} == set(ARMS)
+    assert runs["rag"].info["arm"] == "rag" and runs["ft"].info["arm"] == "closed-book"
+    assert runs["ft"].info["environment"]["generator"] != runs["closed-book"].info["environment"]["generator"]
+    assert all(len(r.predictions) == steps["split"]["test"] for r in runs.values())
+    assert runs["rag"].metrics["prompt_tokens_mean"] > 2 * runs["closed-book"].metrics["prompt_tokens_mean"]
+    mlflow = tracker_for(ws).client.search_runs([tracker_for(ws).experiment_id("compare")])
+    assert len(mlflow) == 4
+    for arm in ("ft", "ft+rag"):
+        trained = steps["train"][arm]
+        card = load_card(ws.root, trained["model"])
+        assert trained["train_s"] == card.train_time_s > 0 and trained["trained_tokens"] > 0
+        assert "probe_ppl_before" in trained["forgetting"] and "probe_ppl_after" in trained["forgetting"]
+    raft = [json.loads(line) for line in (ws.state_dir / "compare" / "c1" / "ft-rag.jsonl").read_text().splitlines()]
+    assert all("<source" in row["messages"][-2]["content"] for row in raft)  # question + retrieved passages -> answer
+
+
+@pytest.mark.slow
+def test_freshness_is_measured_on_edited_and_reingested_documents(comparison):
+    ws, state, _ = comparison
+    fresh = state["steps"]["freshness"]
+    assert fresh["questions"] == 4 and set(fresh["arms"]) == set(ARMS)
+    for arm, f in fresh["arms"].items():
+        follows = sum(e["new"].lower() in a.lower() for e, a in zip(fresh["edits"], f["answers"]))
+        assert f["freshness"] == pytest.approx(follows / 4)
+    index = ws.state_dir / "compare" / "c1" / "fresh" / "index"
+    view = ws.with_config(ws.config.override("store", path=str(index.relative_to(ws.root))))
+    text = " ".join(r["text"] for r in view.store.rows(["text"]))
+    assert all(e["new"] in text for e in fresh["edits"])
+
+
+@pytest.mark.slow
+def test_a_rerun_with_the_id_reuses_every_step(comparison):
+    ws, state, _ = comparison
+    lines = []
+    again = run_compare(ws, COMPARE_QA, compare_id="c1", log=lines.append)
+    assert sum("done in an earlier run, skipped" in line for line in lines) == len(state["steps"])
+    assert again["recommendation"] == state["recommendation"]
+    assert state["recommendation"]["choice"] in ARMS and state["recommendation"]["text"].count("F1") >= 4
+
+
+def test_bad_input_stops_before_anything_is_written(handbook_ws, tmp_path):
+    ws = Workspace(handbook_ws.root)
+    no_answers = tmp_path / "qa.jsonl"
+    no_answers.write_text(json.dumps({"id": "a", "question": "Where?", "doc_ids": ["onboarding.md"]}) + "\n"
+                          + json.dumps({"id": "b", "question": "When?", "answers": ["now"]}) + "\n")
+    with pytest.raises(DatasetError, match="have no answers"):
+        run_compare(ws, no_answers, compare_id="bad1")
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps({"id": f"q{i}", "question": "Q?", "answers": ["a"], "doc_ids": [f"d{i}"]}) + "\n"
+                           for i in range(3)))
+    with pytest.raises(DatasetError, match="too few questions"):
+        run_compare(ws, few, compare_id="bad2")
+    with pytest.raises(DatasetError, match="--docs .*missing: no such file or folder"):
+        run_compare(ws, COMPARE_QA, docs=tmp_path / "missing", compare_id="bad3")
+    empty = Workspace.init(tmp_path / "empty")
+    with pytest.raises(WorkspaceError, match="index .* is empty: give the documents with --docs"):
+        run_compare(empty, COMPARE_QA, compare_id="bad4")
+    assert not (ws.state_dir / "compare").exists() and not (empty.state_dir / "compare").exists()
