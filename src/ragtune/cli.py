@@ -394,14 +394,25 @@ def runs_compare(a: Annotated[str, typer.Argument(help="Baseline run: id, id pre
 @app.command()
 def report(runs: Annotated[Optional[list[str]], typer.Argument(help="Runs (id, id prefix, name or folder); the first is the baseline.", show_default=False)] = None,
            sweep: Annotated[Optional[str], typer.Option("--sweep", help="Also every finished run of this sweep (by name), in the order they ran.", show_default=False)] = None,
+           compare_id: Annotated[Optional[str], typer.Option("--compare", help="The page of a `ragtune compare` run (its id): recommendation, arms, freshness, forgetting, then its four runs.", show_default=False)] = None,
            out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained, works offline).")] = Path("report.html"),
            workspace: WorkspaceOpt = None) -> None:
     """One HTML file: metrics table, quality-vs-latency chart (Pareto front), wins/losses, worst failures."""
-    from ragtune.experiment.report import write_report
+    from ragtune.experiment.report import comparison_section, write_report
     from ragtune.experiment.runs import RUNS_DIR, find_run, iter_runs
 
-    runs_dir = _workspace(workspace).state_dir / RUNS_DIR
+    ws = _workspace(workspace)
+    runs_dir = ws.state_dir / RUNS_DIR
     chosen = [find_run(runs_dir, r) for r in runs or []]
+    top = ""
+    if compare_id:
+        from ragtune.experiment.rag_vs_ft import arm_figures, load_comparison
+
+        state = load_comparison(ws, compare_id)
+        figures = arm_figures(state)
+        arms = [find_run(runs_dir, f["run"]) for f in figures.values()]
+        top = comparison_section(state, figures, arms)
+        chosen = arms + [r for r in chosen if r.id not in {a.id for a in arms}]
     if sweep:
         members = [r for r in iter_runs(runs_dir) if r.info.get("sweep") == sweep and r.finished]
         if not members:
@@ -409,7 +420,7 @@ def report(runs: Annotated[Optional[list[str]], typer.Argument(help="Runs (id, i
 
             raise WorkspaceError(f"no finished runs of sweep {sweep!r}; see `ragtune runs list`")
         chosen += [r for r in members if r.id not in {c.id for c in chosen}]
-    path = write_report(chosen, out)
+    path = write_report(chosen, out, top=top)
     _console().print(f"wrote {path} ({len(chosen)} runs)")
 
 

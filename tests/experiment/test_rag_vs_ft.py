@@ -223,3 +223,42 @@ def test_bad_input_stops_before_anything_is_written(handbook_ws, tmp_path):
     with pytest.raises(WorkspaceError, match="index .* is empty: give the documents with --docs"):
         run_compare(empty, COMPARE_QA, compare_id="bad4")
     assert not (ws.state_dir / "compare").exists() and not (empty.state_dir / "compare").exists()
+
+
+@pytest.mark.slow
+def test_the_comparison_page_renders_in_chromium(comparison, tmp_path):
+    import os
+
+    from tests.conftest import run_cli
+
+    ws, state, _ = comparison
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("RAGTUNE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium not found; install it with `apt-get install chromium` (RAGTUNE_REQUIRE_CHROMIUM=1)")
+        pytest.skip("chromium not found (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "compare.html"
+    done = run_cli("report", "--compare", "c1", "-o", out, "-w", ws.root)
+    assert done.returncode == 0, done.stderr
+    unknown = run_cli("report", "--compare", "nope", "-o", tmp_path / "x.html", "-w", ws.root)
+    assert unknown.returncode != 0 and "no comparison 'nope'" in unknown.stderr and "known: c1" in unknown.stderr
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(out.as_uri())
+        assert page.locator("#recommendation").inner_text().startswith(state["recommendation"]["text"][:40])
+        assert page.locator("table#arms tbody tr").count() == 4
+        assert page.locator("table#metrics tbody tr").count() == 4  # the four tracked runs below
+        assert page.locator("svg.bars rect.fresh").count() == 4 and page.locator("svg.bars rect.forget").count() == 2
+        assert page.locator("#comparison svg circle.point").count() == 4
+        shots = [tmp_path / "compare.png"]
+        if os.environ.get("RAGTUNE_TEST_ARTIFACTS"):
+            shots.append(os.path.join(os.environ["RAGTUNE_TEST_ARTIFACTS"], "compare.png"))
+        for shot in shots:
+            page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert errors == []

@@ -521,6 +521,16 @@ def _freshness(ws, folder: Path, test: list, views: dict, trained: dict, progres
     return out
 
 
+def load_comparison(ws, compare_id: str) -> dict[str, Any]:
+    """A comparison's record (``compare.json``); an unknown id names the ones there are."""
+    path = ws.state_dir / COMPARE_DIR / compare_id / "compare.json"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in (ws.state_dir / COMPARE_DIR).glob("*/compare.json"))
+        raise WorkspaceError(f"no comparison {compare_id!r} in {ws.root}; "
+                             + (f"known: {', '.join(known)}" if known else "run `ragtune compare --qa QUESTIONS` first"))
+    return json.loads(path.read_text())
+
+
 def arm_figures(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per arm, the figures the recommendation and the report use, from a comparison's record."""
     steps = state["steps"]

@@ -42,20 +42,20 @@ MISSING = "–"
 # Entry point
 
 
-def write_report(runs: list[Run], out: Path, baseline: int = 0) -> Path:
+def write_report(runs: list[Run], out: Path, baseline: int = 0, top: str = "") -> Path:
     """Write the HTML report comparing ``runs`` to ``out``; return the path written.
 
     ``baseline`` is the position in ``runs`` of the run that the others are compared with,
-    question by question.
+    question by question; ``top`` is a section shown first (``comparison_section``).
     """
     out = Path(out)
-    page = render_report(runs, baseline)
+    page = render_report(runs, baseline, top)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
 
 
-def render_report(runs: list[Run], baseline: int = 0) -> str:
+def render_report(runs: list[Run], baseline: int = 0, top: str = "") -> str:
     """The report as one HTML string (see the module docstring for what it holds)."""
     if not runs:
         raise ConfigError("no runs to report; give at least one run folder or id (see `ragtune runs list`)")
@@ -63,7 +63,7 @@ def render_report(runs: list[Run], baseline: int = 0) -> str:
         raise ConfigError(f"--baseline {baseline} is out of range; give 0 to {len(runs) - 1} (a run's position)")
     quality, latency = pick_metric(runs, quality_candidates(runs)), pick_metric(runs, LATENCIES)
     kind = per_question_kind(runs, quality)
-    body = [_header(runs, baseline, kind), _metrics_section(runs),
+    body = [_header(runs, baseline, kind), top, _metrics_section(runs),
             _chart_section(runs, quality, latency)]
     if len(runs) > 1:
         body.append(_compare_section(runs, baseline, kind))
@@ -304,10 +304,10 @@ class Frame:
         return self.height - self.bottom - share * (self.height - self.top - self.bottom)
 
 
-def scatter_svg(points: list[Point], quality: str, latency: str) -> str:
-    """The chart as inline SVG: x latency (from 0), y quality, one ``circle.point`` per run."""
+def scatter_svg(points: list[Point], quality: str, latency: str, cost: str = "latency") -> str:
+    """The chart as inline SVG: x latency (or another ``cost``, from 0), y quality, one ``circle.point`` per run."""
     f = Frame(nice_ticks(0.0, max(p.latency for p in points) or 1.0), _quality_domain([p.quality for p in points]))
-    parts = _axes(f) + [_axis_labels(f, quality, latency)]
+    parts = _axes(f) + [_axis_labels(f, quality, latency, cost)]
     front = sorted((p for p in points if p.pareto), key=lambda p: p.latency)
     if len(front) > 1:
         coords = " ".join(f"{f.x(p.latency):.1f},{f.y(p.quality):.1f}" for p in front)
@@ -339,10 +339,10 @@ def _axes(f: Frame) -> list[str]:
     return parts
 
 
-def _axis_labels(f: Frame, quality: str, latency: str) -> str:
+def _axis_labels(f: Frame, quality: str, latency: str, cost: str = "latency") -> str:
     x_mid, y_mid = (f.left + f.width - f.right) / 2, (f.top + f.height - f.bottom) / 2
     return (f'<text class="axis-label" x="{x_mid:.1f}" y="{f.height - 12}" text-anchor="middle">'
-            f"latency: {esc(label(latency))} (lower is better)</text>"
+            f"{esc(cost)}: {esc(label(latency))} (lower is better)</text>"
             f'<text class="axis-label" x="18" y="{y_mid:.1f}" text-anchor="middle" '
             f'transform="rotate(-90 18 {y_mid:.1f})">quality: {esc(label(quality))} (higher is better)</text>')
 
@@ -452,6 +452,95 @@ def _sources(hits: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Page
 
+# ---------------------------------------------------------------------------------------------
+# RAG or fine-tuning (``ragtune compare``): the section on top of its arms' runs
+
+
+def comparison_section(state: dict[str, Any], figures: dict[str, dict[str, Any]], runs: list[Run]) -> str:
+    """The recommendation, the arms with their one-off and per-question costs, quality against prompt
+    tokens, freshness and forgetting bars; ``figures`` = ``rag_vs_ft.arm_figures(state)``, ``runs`` the
+    arms' runs in the same order."""
+    rec = state.get("recommendation") or {}
+    split = state["steps"].get("split", {})
+    qa = state["qa"]
+    facts = [f"comparison <strong>{esc(state['id'])}</strong>", f"base {esc(state.get('base'))}",
+             f"{split.get('train', 0)} training / {split.get('test', 0)} test questions"
+             + (" stratified by document" if split.get("stratified") else " (not stratified: no doc_ids)"),
+             esc(Path(qa["path"]).name)]
+    synthetic = ('<p class="warn">The questions are synthetic (written by a model from the index with '
+                 "<code>data synth-qa</code>): check a sample before trusting the figures.</p>") if qa.get("synthetic") else ""
+    advice = (f'<div class="advice" id="recommendation"><strong>{esc(rec.get("text", "not finished"))}</strong>'
+              f'<p class="note">Rule: {esc(rec.get("rule", ""))} (margin {rec.get("margin", 0):.2f} F1).</p></div>')
+    return (f'<section id="comparison"><h2>RAG or fine-tuning?</h2><p class="meta">{" · ".join(facts)}</p>{synthetic}{advice}'
+            f"{_arms_table(figures)}{_cost_chart(runs)}{_freshness_bars(state, figures)}{_forgetting_bars(state)}</section>")
+
+
+def _arms_table(figures: dict[str, dict[str, Any]]) -> str:
+    columns = [("f1", "F1", 3), ("em", "EM", 3), ("contains", "contains", 3), ("prompt_tokens", "prompt tokens", 0),
+               ("completion_tokens", "answer tokens", 0), ("latency_p50_ms", "p50 ms", 0), ("latency_p95_ms", "p95 ms", 0),
+               ("freshness", "fresh", 3), ("train_s", "training s", 0), ("footprint_mb", "on disk MB", 0)]
+    headers = ["<th>arm</th>"] + [f'<th class="num">{esc(title)}</th>' for _, title, _ in columns] + ["<th>forgetting</th>"]
+    rows = []
+    for arm, f in figures.items():
+        cells = [f'<td class="run">{esc(arm)}</td>'] + [
+            f'<td class="num">{MISSING if f.get(k) is None else f"{f[k]:,.{d}f}"}</td>' for k, _, d in columns]
+        flag = f.get("forgetting_flagged")
+        shown = MISSING if flag is None else '<span class="loss">flagged</span>' if flag else "ok"
+        cells.append(f"<td>{shown}</td>")
+        rows.append(f'<tr data-arm="{esc(arm)}">{"".join(cells)}</tr>')
+    return _table(headers, rows, ' id="arms"')
+
+
+def _cost_chart(runs: list[Run]) -> str:
+    points = chart_points(runs, "f1", "prompt_tokens_mean")
+    if not points:
+        return ""
+    return (f'<h3>Quality vs prompt tokens</h3><div class="chart-row">{scatter_svg(points, "f1", "prompt_tokens_mean", "cost")}'
+            "</div>")
+
+
+def _bars(rows: list[tuple[str, float, str]], scale: float, css: str) -> str:
+    """Horizontal bars: (name, value, text) each, ``scale`` = the value of a full bar."""
+    width, left, height = 560, 90, 26
+    parts = []
+    for i, (name, value, text) in enumerate(rows):
+        y = i * height
+        w = max(0.0, min(1.0, value / scale if scale else 0.0)) * (width - left - 150)
+        parts.append(f'<text class="tick" x="{left - 8}" y="{y + 17}" text-anchor="end">{esc(name)}</text>'
+                     f'<rect class="{css}" x="{left}" y="{y + 5}" width="{w:.1f}" height="16"/>'
+                     f'<text class="tick" x="{left + w + 6:.1f}" y="{y + 17}">{esc(text)}</text>')
+    return (f'<svg class="chart bars" viewBox="0 0 {width} {height * len(rows)}" width="{width}" '
+            f'height="{height * len(rows)}" role="img">{"".join(parts)}</svg>')
+
+
+def _freshness_bars(state: dict[str, Any], figures: dict[str, dict[str, Any]]) -> str:
+    fresh = state["steps"].get("freshness") or {}
+    if not fresh.get("questions"):
+        return f'<h3>Freshness</h3><p class="note">Not measured: {esc(fresh.get("reason", "the step has not run"))}.</p>'
+    n = fresh["questions"]
+    rows = [(arm, f["freshness"], f"{round(f['freshness'] * n)}/{n} new · {round(f['old_value'] * n)}/{n} old")
+            for arm, f in figures.items() if f.get("freshness") is not None]
+    return ("<h3>Freshness</h3>" + _bars(rows, 1.0, "fresh")
+            + f'<p class="note">{n} test answers were changed in edited copies of their documents and re-ingested '
+            f"({fresh.get('reingest_s', 0):.1f} s); bars: the share of answers that give the new value (old: still the "
+            "old one).</p>")
+
+
+def _forgetting_bars(state: dict[str, Any]) -> str:
+    trained = state["steps"].get("train") or {}
+    rows = []
+    for arm, t in trained.items():
+        change = (t.get("forgetting") or {}).get("probe_ppl_change")
+        if change is not None:
+            rows.append((arm, abs(change), f"{change:+.1%} general-text perplexity"
+                         + (" · flagged" if t.get("forgetting_flagged") else "")))
+    if not rows:
+        return '<h3>Forgetting</h3><p class="note">No fine-tuned arm has forgetting checks yet.</p>'
+    return ("<h3>Forgetting</h3>" + _bars(rows, max(r[1] for r in rows) or 1.0, "forget")
+            + '<p class="note">Change of the perplexity on a general-text sample, base vs tuned (the base arms are '
+            "the base: no change).</p>")
+
+
 CSS = """
 :root { --fg: #1f2937; --muted: #6b7280; --border: #e5e7eb; --head: #f3f4f6; --alt: #fafafa;
         --accent: #2563eb; --best: #dcfce7; --win: #15803d; --loss: #b91c1c; }
@@ -504,6 +593,9 @@ svg .point-label { font-size: 12px; fill: var(--fg); }
 .dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; background: #9ca3af;
        vertical-align: -1px; }
 .dot.pareto { background: var(--accent); }
+.advice { background: #eff6ff; border: 1px solid #bfdbfe; border-radius: 8px; padding: 12px 16px; margin: 12px 0; }
+.advice p { margin: 6px 0 0; }
+svg .fresh { fill: var(--accent); } svg .forget { fill: #f59e0b; }
 """
 
 
