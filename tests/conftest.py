@@ -193,3 +193,30 @@ def postgres():
         admin.close()
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """(page, errors): a 1280x900 page of headless Chromium (Debian's `chromium`, driven by Playwright);
+    ``errors`` collects the page's uncaught script errors."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("RAGTUNE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium not found; install it with `apt-get install chromium` (RAGTUNE_REQUIRE_CHROMIUM=1)")
+        pytest.skip("chromium not found (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(120_000)
+        yield page, errors
+        browser.close()
+
+
+def shoot(page, tmp_path, name):
+    """A full-page screenshot in ``tmp_path``, and in $RAGTUNE_TEST_ARTIFACTS when set."""
+    for folder in filter(None, [tmp_path, os.environ.get("RAGTUNE_TEST_ARTIFACTS")]):
+        page.screenshot(path=os.path.join(folder, name), full_page=True)

@@ -225,40 +225,30 @@ def test_bad_input_stops_before_anything_is_written(handbook_ws, tmp_path):
     assert not (ws.state_dir / "compare").exists() and not (empty.state_dir / "compare").exists()
 
 
-@pytest.mark.slow
-def test_the_comparison_page_renders_in_chromium(comparison, tmp_path):
-    import os
+def test_without_a_question_set_too_few_synthetic_questions_stop_before_anything_is_written(handbook_ws, tiny_llama_folder):
+    ws = handbook_ws.with_config(handbook_ws.config.override("generate", backend="transformers", model=str(tiny_llama_folder),
+                                                             max_tokens=8))
+    with pytest.raises(DatasetError, match=r"no --qa, and the 0 synthetic question\(s\) .* cannot be split .*--synth N"):
+        run_compare(ws, None, compare_id="synth", synth_questions=2)
+    assert not (ws.state_dir / "compare").exists()
 
-    from tests.conftest import run_cli
+
+@pytest.mark.slow
+def test_the_comparison_page_renders_in_chromium(comparison, tmp_path, browser_page):
+    from tests.conftest import run_cli, shoot
 
     ws, state, _ = comparison
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("RAGTUNE_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium not found; install it with `apt-get install chromium` (RAGTUNE_REQUIRE_CHROMIUM=1)")
-        pytest.skip("chromium not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+    page, errors = browser_page
     out = tmp_path / "compare.html"
     done = run_cli("report", "--compare", "c1", "-o", out, "-w", ws.root)
     assert done.returncode == 0, done.stderr
     unknown = run_cli("report", "--compare", "nope", "-o", tmp_path / "x.html", "-w", ws.root)
     assert unknown.returncode != 0 and "no comparison 'nope'" in unknown.stderr and "known: c1" in unknown.stderr
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(out.as_uri())
-        assert page.locator("#recommendation").inner_text().startswith(state["recommendation"]["text"][:40])
-        assert page.locator("table#arms tbody tr").count() == 4
-        assert page.locator("table#metrics tbody tr").count() == 4  # the four tracked runs below
-        assert page.locator("svg.bars rect.fresh").count() == 4 and page.locator("svg.bars rect.forget").count() == 2
-        assert page.locator("#comparison svg circle.point").count() == 4
-        shots = [tmp_path / "compare.png"]
-        if os.environ.get("RAGTUNE_TEST_ARTIFACTS"):
-            shots.append(os.path.join(os.environ["RAGTUNE_TEST_ARTIFACTS"], "compare.png"))
-        for shot in shots:
-            page.screenshot(path=str(shot), full_page=True)
-        browser.close()
+    page.goto(out.as_uri())
+    assert page.locator("#recommendation").inner_text().startswith(state["recommendation"]["text"][:40])
+    assert page.locator("table#arms tbody tr").count() == 4
+    assert page.locator("table#metrics tbody tr").count() == 4  # the four tracked runs below
+    assert page.locator("svg.bars rect.fresh").count() == 4 and page.locator("svg.bars rect.forget").count() == 2
+    assert page.locator("#comparison svg circle.point").count() == 4
+    shoot(page, tmp_path, "compare.png")
     assert errors == []

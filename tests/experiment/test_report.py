@@ -1,12 +1,11 @@
 """The HTML run report: built from real run folders (``write_run``), scored with the real answer
 metrics and ``aggregate``, checked as HTML in Python and rendered in a real Chromium."""
 
-import os
-import shutil
 from html.parser import HTMLParser
 
 import pytest
 
+from tests.conftest import shoot
 from ragtune.evaluate.answers import abstained, best, contains, exact_match, f1
 from ragtune.evaluate.qa_eval import Prediction, aggregate
 from ragtune.experiment.compare import Point, compare, compare_runs, dominates, question_score
@@ -211,31 +210,15 @@ def test_bad_baseline_is_a_config_error(runs):
 
 
 @pytest.mark.slow
-def test_report_renders_in_chromium(runs, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("RAGTUNE_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium not found; install it with `apt-get install chromium` (RAGTUNE_REQUIRE_CHROMIUM=1)")
-        pytest.skip("chromium not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+def test_report_renders_in_chromium(runs, tmp_path, browser_page):
+    page, errors = browser_page
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     out = write_report(runs, tmp_path / "report.html")
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(out.as_uri())
-        assert page.locator("svg circle.point").count() == 3
-        assert page.locator("svg circle.point.pareto").count() == 2
-        assert page.locator("table#metrics tbody tr").count() == 3
-        assert page.locator("svg circle.point").first.bounding_box()["width"] > 0  # drawn, not just present
-        shots = [tmp_path / "report.png"]
-        if os.environ.get("RAGTUNE_TEST_ARTIFACTS"):
-            shots.append(os.path.join(os.environ["RAGTUNE_TEST_ARTIFACTS"], "report.png"))
-        for shot in shots:
-            page.screenshot(path=str(shot), full_page=True)
-        browser.close()
+    page.goto(out.as_uri())
+    assert page.locator("svg circle.point").count() == 3
+    assert page.locator("svg circle.point.pareto").count() == 2
+    assert page.locator("table#metrics tbody tr").count() == 3
+    assert page.locator("svg circle.point").first.bounding_box()["width"] > 0  # drawn, not just present
+    shoot(page, tmp_path, "report.png")
     assert errors == []
     assert (tmp_path / "report.png").stat().st_size > 0

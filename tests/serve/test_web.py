@@ -1,38 +1,13 @@
 """The chat page in headless Chromium (Debian's `chromium` driven by Playwright): enter the key, ask,
 see the streamed answer and its sources, thumbs-down with a correction, prefer one of two answers;
 the feedback lands in the store. Screenshots go to $RAGTUNE_TEST_ARTIFACTS when set."""
-import os
-import shutil
 
 import pytest
 
+from tests.conftest import shoot
 from tests.serve.conftest import KEY, store_of
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def browser_page(tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("RAGTUNE_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium not found; install it with `apt-get install chromium` (RAGTUNE_REQUIRE_CHROMIUM=1)")
-        pytest.skip("chromium not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.set_default_timeout(120_000)
-        yield page, errors
-        browser.close()
-
-
-def shoot(page, tmp_path, name):
-    for folder in filter(None, [tmp_path, os.environ.get("RAGTUNE_TEST_ARTIFACTS")]):
-        page.screenshot(path=os.path.join(folder, name), full_page=True)
 
 
 def test_ask_see_sources_thumbs_down_with_a_correction_and_prefer_one_of_two(served, browser_page, tmp_path):

@@ -389,6 +389,12 @@ def _synthesise(ws, folder: Path, n: int, progress, log) -> tuple[Path, list]:
     from ragtune.evaluate.synth import synth_qa
 
     items, stats = synth_qa(ws.store, ws.generator, n, progress=progress)
+    try:
+        split_questions(items, ws.config.compare.test_fraction, ws.config.compare.seed)
+    except DatasetError as e:
+        raise DatasetError(f"no --qa, and the {len(items)} synthetic question(s) {ws.generator.name} wrote from "
+                           f"{stats['attempted']} passages cannot be split ({e}); give a question set with --qa, "
+                           "or ask for more with --synth N") from None
     path = folder / "synthetic-qa.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     write_qa(items, path)
