@@ -234,6 +234,23 @@ def test_without_a_question_set_too_few_synthetic_questions_stop_before_anything
 
 
 @pytest.mark.slow
+def test_the_command_goes_on_with_a_comparison_and_prints_the_arms_and_the_recommendation(comparison):
+    from ragtune.config import set_config_value
+    from tests.conftest import run_cli
+
+    ws, state, _ = comparison
+    set_config_value(ws.root, "train", "base", ws.config.train.base)  # the tiny base, as in the fixture's settings
+    done = run_cli("compare", "--qa", COMPARE_QA, "--id", "c1", "-w", ws.root)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert "comparison c1 · 22 training / 12 test questions" in out
+    assert all(f"{arm} " in out for arm in ARMS) and "train s" in out
+    assert " ".join(state["recommendation"]["text"].split()) in out
+    missing = run_cli("compare", "--qa", "nowhere.jsonl", "-w", ws.root)
+    assert missing.returncode != 0 and "--qa nowhere.jsonl: no such file or folder" in missing.stderr
+
+
+@pytest.mark.slow
 def test_the_comparison_page_renders_in_chromium(comparison, tmp_path, browser_page):
     from tests.conftest import run_cli, shoot
 
