@@ -35,7 +35,6 @@ class Journal:
     def __init__(self, path: Path, start: dict[str, Any]) -> None:
         self.path = Path(path)
         self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {**start, "steps": {}}
-        self.resumed = self.path.is_file()
 
     def step(self, name: str, work, log=None) -> Any:
         if name in self.state["steps"]:

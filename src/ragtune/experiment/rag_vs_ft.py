@@ -26,7 +26,6 @@ as it finishes (a rerun with ``--id`` goes on; trained models are registered and
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import random
 import re
@@ -37,6 +36,7 @@ from typing import Any, Callable
 
 from ragtune.errors import ConfigError, DatasetError, WorkspaceError
 from ragtune.files import Journal, sha256_file, utc_now
+from ragtune.train.data import unit_hash
 
 COMPARE_DIR = "compare"
 ARMS = ("closed-book", "rag", "ft", "ft+rag")
@@ -79,7 +79,7 @@ def split_questions(items: list, test_fraction: float, seed: int = 0) -> Split:
         if len(group) < 2:
             continue
         n_test = min(max(round(len(group) * test_fraction), 1), len(group) - 1)
-        ranked = sorted(group, key=lambda it: _unit_hash(f"{seed}\0{it.id}"))
+        ranked = sorted(group, key=lambda it: unit_hash(it.id, seed))
         test_ids.update(it.id for it in ranked[:n_test])
     split = Split([it for it in items if it.id not in test_ids], [it for it in items if it.id in test_ids], stratified,
                   len(groups) if stratified else 0)
@@ -89,10 +89,6 @@ def split_questions(items: list, test_fraction: float, seed: int = 0) -> Split:
                            "question on its document in training: give at least two questions on some document "
                            "(`ragtune data synth-qa` writes more)")
     return split
-
-
-def _unit_hash(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
 # -- freshness: changed facts -----------------------------------------------------------------
@@ -146,7 +142,7 @@ def plan_edits(ws, test: list, n: int, seed: int) -> tuple[list[Edit], dict[str,
     skipped = dict.fromkeys(["no_document", "file_type", "value_not_in_text", "unchangeable"], 0)
     texts: dict[str, dict[str, str]] = {}
     edits: list[Edit] = []
-    for it in sorted(test, key=lambda it: _unit_hash(f"{seed}\0fresh\0{it.id}")):
+    for it in sorted(test, key=lambda it: unit_hash(f"fresh\0{it.id}", seed)):
         if len(edits) >= n:
             break
         doc = next((d for d in sources if it.doc_ids and gold_doc(d, it.doc_ids)), None)
@@ -158,7 +154,7 @@ def plan_edits(ws, test: list, n: int, seed: int) -> tuple[list[Edit], dict[str,
             skipped["file_type"] += 1
             continue
         if source not in texts:
-            texts[source] = _document_texts(ws, source)
+            texts[source] = {d.doc_id: d.text for d in _documents(_source_path(ws, source), source, ws)}
         text = texts[source].get(doc, "")
         old = next((a for a in it.answers if a.strip() and _occurrence(a).search(text)), None)
         if old is None:
@@ -182,12 +178,6 @@ def _source_path(ws, source: str) -> Path:
     return path if path.is_absolute() else (ws.root / path).resolve()
 
 
-def _document_texts(ws, source: str) -> dict[str, str]:
-    from ragtune.ingest.loaders import load_file
-
-    return {d.doc_id: d.text for d in load_file(_source_path(ws, source), source, ws.config.ingest).documents}
-
-
 def write_edited(ws, edits: list[Edit], folder: Path) -> tuple[dict[str, Path], list[Edit]]:
     """Edited copies of the files the edits touch, under ``folder``: ({source: edited file}, the edits
     whose new value the loaded copy shows in place of the old one)."""
@@ -208,7 +198,7 @@ def write_edited(ws, edits: list[Edit], folder: Path) -> tuple[dict[str, Path], 
             for e in group:
                 text = _occurrence(e.old).sub(e.new, text)
             dest.write_text(text, encoding="utf-8")
-        docs = _load(dest, ws)
+        docs = _documents(dest, dest.name, ws)
         files[source] = dest
         for e in group:  # a records file: the edited record; any other file is one document
             text = next((d.text for d in docs if d.doc_id == e.doc_id), docs[0].text if len(docs) == 1 else "")
@@ -217,10 +207,10 @@ def write_edited(ws, edits: list[Edit], folder: Path) -> tuple[dict[str, Path], 
     return files, kept
 
 
-def _load(path: Path, ws) -> list:
+def _documents(path: Path, source: str, ws) -> list:
     from ragtune.ingest.loaders import load_file
 
-    return load_file(path, path.name, ws.config.ingest).documents
+    return load_file(path, source, ws.config.ingest).documents
 
 
 def _edit_records(original: Path, dest: Path, edits: list[Edit], cfg) -> None:

@@ -185,7 +185,7 @@ def split(examples: list[Example], eval_fraction: float, seed: int = 0) -> tuple
     """
     if not 0 <= eval_fraction < 1:
         raise ConfigError(f"eval_fraction = {eval_fraction}: must be at least 0 and below 1 (e.g. 0.1)")
-    scores = {ex.id: _unit_hash(ex.id, seed) for ex in examples}
+    scores = {ex.id: unit_hash(ex.id, seed) for ex in examples}
     to_eval = {i for i, s in scores.items() if s < eval_fraction}
     if eval_fraction > 0 and len(scores) >= 2:
         if not to_eval:
@@ -195,7 +195,8 @@ def split(examples: list[Example], eval_fraction: float, seed: int = 0) -> tuple
     return [ex for ex in examples if ex.id not in to_eval], [ex for ex in examples if ex.id in to_eval]
 
 
-def _unit_hash(text: str, seed: int) -> float:
+def unit_hash(text: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (seed, text): the seeded order and splits of examples and questions."""
     digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
