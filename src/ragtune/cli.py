@@ -146,6 +146,55 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
     print_answer(answer, _console(), show_prompt, printed=stream)
 
 
+@app.command()
+def agent(question: Annotated[str, typer.Argument(help="The question.")],
+          show_steps: Annotated[bool, typer.Option("--show-steps", help="Print every step: the exact prompt's size, the model's reply, the tool call and its result.")] = False,
+          show_prompt: Annotated[bool, typer.Option("--show-prompt", help="With --show-steps: print each step's exact prompt.")] = False,
+          max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Most model calls (default: [agent] max_steps).", show_default=False)] = None,
+          generator: GenOpt = None, model: ModelOpt = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer, steps included, as JSON.")] = False,
+          workspace: WorkspaceOpt = None) -> None:
+    """Answer with tools: the model calls search, read, calculate, today (and your [agent] tools) until it answers."""
+    from ragtune.rag.chain import require_question
+
+    require_question(question)
+    ws = _rag_workspace(workspace, generator, model)
+    if max_steps is not None:
+        ws.config = ws.config.override("agent", max_steps=max_steps)
+    answer = ws.agent().run(question)
+    if as_json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    print_steps(answer, _console(), show_steps, show_prompt)
+
+
+def print_steps(answer, console, show_steps: bool, show_prompt: bool) -> None:
+    """An agent's answer: its steps (with ``show_steps``), the answer, the cited sources, the cost."""
+    from rich.markup import escape
+
+    for st in answer.steps if show_steps else []:
+        console.rule(f"step {st.number} · {st.prompt_tokens} prompt tokens · {st.seconds:.2f} s")
+        if show_prompt:
+            console.print(escape(st.prompt))
+            console.rule(style="dim")
+        console.print(f"[bold]model[/] {escape(st.output.strip())}")
+        if st.observation is not None:
+            label = {"parse": "[red]invalid[/]", "tool": "[red]tool error[/]"}.get(st.error, f"[cyan]{escape(st.tool or '')}[/] →")
+            console.print(f"{label} {escape(st.observation[:600])}")
+    if show_steps:
+        console.rule()
+    console.print(escape(answer.text) if answer.text else "[yellow](no answer: the step budget ran out)[/]")
+    for s in answer.sources:
+        if s.number in answer.citations:
+            h = s.hit
+            where = " › ".join(p for p in (h.source, h.heading) if p)
+            console.print(f"  [cyan][{s.number}][/] [green]{escape(where)}[/]  [dim]{escape(' '.join(h.text.split())[:120])}…[/]")
+    u = answer.usage
+    ended = "answered" if answer.stopped == "answer" else "stopped by the step budget"
+    console.print(f"[dim]{answer.generator} · {u['steps']} steps, {u['tool_calls']} tool calls, {u['invalid_actions']} invalid · "
+                  f"{u['prompt_tokens']} prompt + {u['completion_tokens']} reply tokens · {answer.timings['total_s']:.2f} s · {ended}[/]")
+
+
 def _answer(s, stream: bool):
     """Read an ``AnswerStream`` to its end (printing the text as it comes with ``stream``); the ``Answer``."""
     for piece in s:
@@ -268,7 +317,7 @@ def eval_retrieval(beir: Annotated[Path, typer.Option("--beir", help="BEIR folde
 
 @eval_app.command("qa")
 def eval_qa(qa: Annotated[Path, typer.Option("--qa", help="QA JSONL file (id, question, answers[, doc_ids, context, metadata]).")],
-            arm: Annotated[str, typer.Option("--arm", help="rag | closed-book | retrieval (evidence only, no generation)")] = "rag",
+            arm: Annotated[str, typer.Option("--arm", help="rag | closed-book | retrieval (evidence only, no generation) | agent (tool-using, steps kept)")] = "rag",
             k: Annotated[Optional[int], typer.Option("-k", help="Chunks retrieved per question (default: [retrieve] k).", show_default=False)] = None,
             mode: ModeOpt = None, generator: GenOpt = None, model: ModelOpt = None,
             limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.", show_default=False)] = None,
@@ -533,6 +582,29 @@ def data_qa_to_sft(qa: Annotated[Path, typer.Argument(help="QA JSONL file.")],
     chain = _workspace(workspace).chain() if k else None
     n = write_examples(from_qa(load_qa(qa), chain, k, system, log=c.print), out)
     c.print(f"wrote {n} demonstrations to {out}")
+
+
+@data_app.command("traces-to-sft")
+def data_traces_to_sft(run: Annotated[str, typer.Argument(help="An `eval qa --arm agent` run: id, prefix, name or folder.")],
+                       out: Annotated[Path, typer.Option("--out", "-o", help="Demonstrations JSONL to write (TRL messages with tool_calls).")],
+                       min_f1: Annotated[float, typer.Option("--min-f1", help="Keep answers scoring at least this F1 against the reference.")] = 1.0,
+                       workspace: WorkspaceOpt = None) -> None:
+    """Turn an agent run's successful traces (answered, every reply valid, no tool error, F1 >= --min-f1) into SFT demonstrations."""
+    from ragtune.agent.traces import successful_traces
+    from ragtune.experiment.runs import RUNS_DIR, find_run
+    from ragtune.train.data import write_examples
+
+    r = find_run(_workspace(workspace).state_dir / RUNS_DIR, run)
+    if r.info.get("arm") != "agent":
+        raise ConfigError(f"run {r.id} is a {r.info.get('arm')!r} run; traces come from `ragtune eval qa --arm agent` runs")
+    export = successful_traces(r.predictions, min_f1)
+    c = _console()
+    if not export.examples:
+        raise ConfigError(f"none of the {export.seen} traces of run {r.id} qualifies ("
+                          + ", ".join(f"{n} {why}" for why, n in export.left_out.items()) + "); lower --min-f1?")
+    n = write_examples(export.examples, out)
+    skipped = ", ".join(f"{n} {why}" for why, n in export.left_out.items())
+    c.print(f"wrote {n} of {export.seen} traces to {out}" + (f" (left out: {skipped})" if skipped else ""))
 
 
 BaseOpt = Annotated[Optional[str], typer.Option("--base", help="smollm2 or a local Hugging Face model folder ([train] base).", show_default=False)]

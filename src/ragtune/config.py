@@ -25,6 +25,7 @@ STATE_DIR = ".ragtune"  # beside ragtune.toml: the index, caches, models, runs
 EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
 RetrieveMode = Literal["dense", "bm25", "hybrid"]
 GenerateBackend = Literal["llamacpp", "transformers", "openai"]
+AgentCalls = Literal["json", "native"]
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -178,6 +179,18 @@ class CompareConfig:
 
 
 @dataclass
+class AgentConfig:
+    """The tool-using agent (`ragtune agent`): model -> tool call -> result -> model, until an answer or the budget."""
+
+    builtins: list[str] = _f(["search", "read", "calculate", "today"], "Built-in tools the agent may call: search (the workspace index), read (a source's whole section), calculate (safe arithmetic), today.")
+    tools: list[str] = _f([], "Python modules whose public functions (or TOOLS list) are tools too, e.g. [\"mypkg.tools\"]; schemas come from type hints and docstrings.")
+    calls: AgentCalls = _f("json", "How the model calls tools: json = one JSON action per reply (grammar-constrained on llama.cpp, response_format on openai, strictly parsed everywhere); native = the endpoint's own tool calling (openai backend: tools in the request, tool_calls in the reply).")
+    max_steps: int = _f(6, "Most model calls per question; the last one may only answer (loops end by this budget).")
+    max_tokens: int = _f(320, "Most tokens per step's reply; strings in actions are bounded to fit it.")
+    k: int = _f(3, "Passages the search tool returns per call.")
+
+
+@dataclass
 class ExperimentConfig:
     """Tracking evaluation runs (`ragtune eval qa`, `ragtune experiment run`)."""
 
@@ -211,6 +224,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod
@@ -274,7 +288,7 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-_POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k", "port", "max_body_kb"}
+_POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k", "port", "max_body_kb", "max_steps"}
 _NON_NEGATIVE = {"fresh_questions", "margin", "forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 

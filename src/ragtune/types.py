@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,26 @@ class Source:
 
 
 @dataclass
+class Step:
+    """One model call of an agent run: exactly what the model saw and wrote, the tool it called and
+    what came back (or the error fed back to it)."""
+
+    number: int
+    prompt: str
+    output: str
+    tool: str | None = None
+    arguments: dict[str, Any] | None = None
+    observation: str | None = None
+    error: str | None = None  # "parse": not a valid action; "tool": the tool failed; None: fine
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class Answer:
     """Everything about one answer: the text, what it cites, what was retrieved and sent."""
 
@@ -148,6 +169,8 @@ class Answer:
     usage: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     citation_method: str = "model"  # "model": [n] in the text; "overlap": attributed by shared words
+    steps: list[Step] = field(default_factory=list)  # an agent's model calls (empty for the chain)
+    stopped: str | None = None  # an agent's end: "answer", or "budget" when the step budget forced the answer
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +180,7 @@ class Answer:
             "sources": [{"number": s.number, "tokens": s.tokens, **s.hit.to_dict()} for s in self.sources],
             "dropped": [h.to_dict() for h in self.dropped], "messages": self.messages, "prompt": self.prompt,
             "usage": self.usage, "timings": self.timings,
+            **({"steps": [st.to_dict() for st in self.steps], "stopped": self.stopped} if self.stopped else {}),
         }
 
 

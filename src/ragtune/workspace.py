@@ -149,6 +149,25 @@ class Workspace:
         require_question(question)
         return self.chain().stream(question, k=k, mode=mode, filters=filters, history=history)
 
+    def agent(self):
+        """The tool-using ``Agent`` under [agent] (``.run(question)`` -> an ``Answer`` with its steps). Its
+        tools are checked here: a bad tool module, or search/read without an index, is one clear error."""
+        from functools import partial
+
+        from ragtune.agent.loop import Agent
+        from ragtune.agent.tools import Sources, toolbox
+
+        cfg = self.config.agent
+        needs_index = {"search", "read"} & set(cfg.builtins)
+        if needs_index and not self.store.exists():
+            raise WorkspaceError(f"the {' and '.join(sorted(needs_index))} tools need an index: run `ragtune ingest PATH` "
+                                 "first, or leave them out of [agent] builtins")
+        parts = {"retriever": self.retriever, "store": self.store} if needs_index else {}
+        make_tools = partial(toolbox, cfg.builtins, cfg.tools, k=cfg.k, **parts)
+        make_tools(sources=Sources())  # fail at start-up, not at the first question
+        return Agent(self.generator, lambda sources: make_tools(sources=sources), cfg.max_steps, cfg.max_tokens,
+                     native=cfg.calls == "native")
+
     def stats(self) -> IndexStats:
         return self.store.stats()
 

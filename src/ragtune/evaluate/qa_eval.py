@@ -2,10 +2,12 @@
 evidence, citations, groundedness and cost. Every prediction keeps its exact prompt, retrieved
 chunks and answer, so a failure can be inspected.
 
-Arms: ``rag`` (retrieve, augment, generate), ``closed-book`` (the generator alone) and
-``retrieval`` (evidence metrics only, no generation: fast, for retrieval sweeps and BEIR sets).
+Arms: ``rag`` (retrieve, augment, generate), ``closed-book`` (the generator alone),
+``retrieval`` (evidence metrics only, no generation: fast, for retrieval sweeps and BEIR sets) and
+``agent`` (the tool-using agent: its steps, tool calls and their validity are kept and measured).
 An arm is an answering function, ``Answerer``: a question in, a ``Prediction`` out, built from
-components (``rag_arm(chain)``, ``closed_book_arm(generator)``, ``retrieval_arm(retriever)``);
+components (``rag_arm(chain)``, ``closed_book_arm(generator)``, ``retrieval_arm(retriever)``,
+``agent_arm(agent)``);
 ``evaluate_qa(items, answerer)`` runs any of them and returns an ``EvalResult``.
 
 A gold doc id matches a retrieved chunk's ``doc_id`` exactly or as its trailing path
@@ -33,7 +35,7 @@ from ragtune.files import utc_now
 from ragtune.progress import Quiet
 from ragtune.types import Answer, Hit, QAItem
 
-Arm = Literal["rag", "closed-book", "retrieval"]
+Arm = Literal["rag", "closed-book", "retrieval", "agent"]
 ARMS: tuple[str, ...] = typing.get_args(Arm)
 CLOSED_BOOK = "Answer the question briefly and directly. If you do not know, say that you don't know."
 
@@ -62,6 +64,9 @@ class Prediction:
     citation_precision: float | None = None
     groundedness: float | None = None
     judge: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] | None = None  # the agent arm's model calls (prompt, reply, call, result)
+    stopped: str | None = None  # the agent arm: "answer", or "budget"
+    trace: list[dict[str, Any]] | None = None  # the agent arm's conversation (TRL messages with tool_calls)
 
     @property
     def has_gold_docs(self) -> bool:
@@ -124,13 +129,16 @@ def evaluate_qa(items: list[QAItem], answerer: Answerer, progress=None, judge=No
                       metrics, predictions, started)
 
 
-def answerer(arm: str, *, retriever=None, generator=None, chain=None, k: int | None = None, mode: str | None = None) -> Answerer:
+def answerer(arm: str, *, retriever=None, generator=None, chain=None, agent=None, k: int | None = None,
+             mode: str | None = None) -> Answerer:
     """The ``Answerer`` of ``arm`` from the components it needs (rag: ``chain``; closed-book:
-    ``generator``; retrieval: ``retriever``); ``k``/``mode`` default to the retriever's settings."""
+    ``generator``; retrieval: ``retriever``; agent: ``agent``); ``k``/``mode`` default to the retriever's settings."""
     if arm not in ARMS:
         raise ConfigError(f"--arm {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
     if arm == "closed-book":
         return closed_book_arm(generator)
+    if arm == "agent":
+        return agent_arm(agent)
     retriever = retriever or chain.retriever
     k, mode = k or retriever.config.k, mode or retriever.config.mode
     return rag_arm(chain, k, mode) if arm == "rag" else retrieval_arm(retriever, k, mode)
@@ -143,6 +151,8 @@ def workspace_answerer(ws, arm: str, k: int | None = None, mode: str | None = No
         raise ConfigError(f"--arm {arm!r} is not valid; choose one of: {', '.join(ARMS)}")
     if arm == "closed-book":
         return answerer(arm, generator=ws.generator)
+    if arm == "agent":
+        return answerer(arm, agent=ws.agent())
     retriever = retriever or ws.retriever
     return answerer(arm, retriever=retriever, chain=ws.chain(retriever) if arm == "rag" else None, k=k, mode=mode)
 
@@ -177,16 +187,39 @@ def rag_arm(chain, k: int, mode: str) -> Answerer:
         p = Prediction(item.id, item.question, item.answers, **_scores(item, a.text, a.abstained or abstained(a.text)),
                        prompt=a.prompt, **_evidence(item, hits, k), citations=a.citations,
                        citation_method=a.citation_method, usage=a.usage, timings=a.timings)
-        cited = [s.hit for s in a.sources if s.number in a.citations]
-        if cited:
-            golds = [normalize_answer(g) for g in item.answers]
-            good = [h for h in cited if gold_doc(h.doc_id, item.doc_ids) or any(g and g in normalize_answer(h.text) for g in golds)]
-            p.citation_precision = len(good) / len(cited)
-        if not p.abstained:
-            p.groundedness = groundedness(a.text, "\n".join(s.hit.text for s in a.sources))
-        return p
+        return _attributed(p, item, a)
 
     return Answerer("rag", _charged(chain.retriever, answer), k, mode, chain.generator.name, _warm_up(chain.retriever, k, mode))
+
+
+def agent_arm(agent) -> Answerer:
+    """The tool-using agent (``agent.loop.Agent``): the sources its tools returned are its evidence, in
+    the order they came; every step is kept with the prediction."""
+    def answer(item: QAItem) -> Prediction:
+        a: Answer = agent.run(item.question)
+        hits = [s.hit for s in a.sources]
+        p = Prediction(item.id, item.question, item.answers, **_scores(item, a.text, a.abstained or abstained(a.text)),
+                       prompt=a.prompt, **_evidence(item, hits, max(len(hits), 1)), citations=a.citations,
+                       citation_method=a.citation_method, usage=a.usage, timings=a.timings,
+                       steps=[s.to_dict() for s in a.steps], stopped=a.stopped, trace=a.messages)
+        p = _attributed(p, item, a)
+        if not a.sources:
+            p.groundedness = None  # no documents were consulted (e.g. only the calculator): nothing to be grounded in
+        return p
+
+    return Answerer("agent", answer, None, None, agent.generator.name)
+
+
+def _attributed(p: Prediction, item: QAItem, a: Answer) -> Prediction:
+    """Citation precision (cited sources that hold a gold document or a gold answer) and groundedness."""
+    cited = [s.hit for s in a.sources if s.number in a.citations]
+    if cited:
+        golds = [normalize_answer(g) for g in item.answers]
+        good = [h for h in cited if gold_doc(h.doc_id, item.doc_ids) or any(g and g in normalize_answer(h.text) for g in golds)]
+        p.citation_precision = len(good) / len(cited)
+    if not p.abstained:
+        p.groundedness = groundedness(a.text, "\n".join(s.hit.text for s in a.sources))
+    return p
 
 
 def _warm_up(retriever, k: int, mode: str) -> Callable[[], Any]:
@@ -276,4 +309,19 @@ def aggregate(predictions: list[Prediction]) -> dict[str, Any]:
     for kind in ("prompt_tokens", "completion_tokens"):
         if any(kind in p.usage for p in predictions):
             out[f"{kind}_mean"] = float(np.mean([p.usage.get(kind, 0) for p in predictions]))
+    out.update(agent_metrics(predictions))
     return {key: value for key, value in out.items() if value is not None}
+
+
+def agent_metrics(predictions: list[Prediction]) -> dict[str, float]:
+    """The agent arm's: steps and tool calls per question, the share of replies that were valid actions
+    (``tool_call_validity``; 1.0 by construction on llama.cpp), tool errors, and questions the budget stopped."""
+    runs = [p for p in predictions if p.steps is not None]
+    if not runs:
+        return {}
+    steps = [s for p in runs for s in p.steps]
+    return {"steps_mean": float(np.mean([len(p.steps) for p in runs])),
+            "tool_calls_mean": float(np.mean([sum(s["tool"] is not None for s in p.steps) for p in runs])),
+            "tool_call_validity": float(np.mean([s["error"] != "parse" for s in steps])) if steps else 1.0,
+            "tool_error_rate": float(np.mean([s["error"] == "tool" for s in steps])) if steps else 0.0,
+            "stopped_by_budget": float(np.mean([p.stopped == "budget" for p in runs]))}

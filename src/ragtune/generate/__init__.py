@@ -56,17 +56,23 @@ class Generation:
     completion_tokens: int
     first_token_s: float | None
     total_s: float
+    tool_calls: list[dict] | None = None  # native tool calling (``call_tools``): the calls, as the endpoint sent them
 
 
 class Generator:
     """Base class: backends implement ``format`` (messages -> prompt text), ``count_tokens``
     and ``_stream`` (yield text pieces; set ``self._usage`` = (prompt, completion) tokens).
-    ``cfg`` is the [generate] config; ``sampling`` (else [generate]'s) is per call."""
+    ``cfg`` is the [generate] config; ``sampling`` (else [generate]'s) is per call. ``schema``, a
+    JSON schema the reply must follow (an agent's actions): a backend with ``constrained = True``
+    (llama.cpp: a grammar) can only write text that fits it; the others are asked to (openai:
+    ``response_format``) or not at all (transformers), and their replies must be checked."""
 
     name = "generator"
     cfg = None
     context_size = 2048
     max_tokens = 256
+    constrained = False
+    native_tools = False  # True: ``call_tools(messages, tools)`` uses the endpoint's own tool calling
 
     def format(self, messages: Messages) -> str:
         return "\n\n".join(f"<{m['role']}>\n{m['content']}" for m in messages)
@@ -74,15 +80,16 @@ class Generator:
     def count_tokens(self, text: str) -> int:
         return len(text) // 4 + 1  # rough: ~4 characters per token when no tokenizer is at hand
 
-    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling, schema: dict | None = None) -> Iterator[str]:
         raise NotImplementedError
 
-    def stream(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None) -> Iterator[str]:
+    def stream(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None,
+               schema: dict | None = None) -> Iterator[str]:
         """Yield the answer piece by piece; afterwards ``self.last`` holds the whole ``Generation``."""
         self._usage = (0, 0)
         t0 = time.perf_counter()
         first, parts = None, []
-        for piece in self._stream(messages, max_tokens or self.max_tokens, sampling or Sampling.of(self.cfg)):
+        for piece in self._stream(messages, max_tokens or self.max_tokens, sampling or Sampling.of(self.cfg), schema):
             if first is None:
                 first = time.perf_counter() - t0
             parts.append(piece)
@@ -91,8 +98,9 @@ class Generator:
         prompt_tokens, completion_tokens = self._usage
         self.last = Generation("".join(parts), self.format(messages), prompt_tokens, completion_tokens, first, total)
 
-    def generate(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None) -> Generation:
-        for _ in self.stream(messages, max_tokens, sampling):
+    def generate(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None,
+                 schema: dict | None = None) -> Generation:
+        for _ in self.stream(messages, max_tokens, sampling, schema):
             pass
         return self.last
 

@@ -6,6 +6,7 @@ what ``--show-prompt`` prints and what the token counts refer to.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +15,8 @@ from ragtune.generate import Generator, Messages, Sampling
 
 
 class LlamaCppGenerator(Generator):
+    constrained = True  # a JSON schema becomes a grammar: nothing else can be sampled
+
     def __init__(self, path: Path, cfg, threads: int) -> None:
         try:
             from llama_cpp import Llama
@@ -28,6 +31,7 @@ class LlamaCppGenerator(Generator):
         except (ValueError, RuntimeError) as e:
             raise GeneratorError(f"cannot load {path} with llama.cpp ({e}); is it a complete GGUF file?") from None
         self.name = f"llamacpp:{path.name}"
+        self._grammars: dict[str, object] = {}
         self.cfg, self.context_size, self.max_tokens = cfg, cfg.context_size, cfg.max_tokens
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
@@ -43,14 +47,26 @@ class LlamaCppGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
+    def grammar(self, schema: dict):
+        """llama.cpp's grammar for a JSON schema (``generate.gbnf``; built once per schema)."""
+        from llama_cpp import LlamaGrammar
+
+        from ragtune.generate.gbnf import to_gbnf
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_string(to_gbnf(schema), verbose=False)
+        return self._grammars[key]
+
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling, schema: dict | None = None) -> Iterator[str]:
         formatted = self._formatter(messages=messages)
         tokens = self.llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
         if len(tokens) + 1 > self.context_size:
             raise GeneratorError(f"the prompt has {len(tokens)} tokens, more than [generate] context_size = {self.context_size}")
         pieces = self.llm.create_completion(tokens, max_tokens=min(max_tokens, self.context_size - len(tokens)),
                                             temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                                            stop=formatted.stop, stream=True)
+                                            stop=formatted.stop, stream=True,
+                                            grammar=self.grammar(schema) if schema else None)
         parts = []
         for chunk in pieces:
             piece = chunk["choices"][0]["text"]

@@ -29,20 +29,22 @@ class OpenAIGenerator(Generator):
     def format(self, messages: Messages) -> str:
         return json.dumps(messages, indent=2, ensure_ascii=False)  # sent as JSON; the server applies its template
 
-    def _body(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling) -> bytes:
+    native_tools = True  # ``call_tools``: the endpoint's own tool calling
+
+    def _body(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling, extra: dict | None) -> bytes:
         body = {"model": self.cfg.model, "messages": messages, "max_tokens": max_tokens, "temperature": sampling.temperature,
-                "top_p": sampling.top_p, "seed": sampling.seed, "stream": stream}
+                "top_p": sampling.top_p, "seed": sampling.seed, "stream": stream, **(extra or {})}
         if stream:
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body).encode()
 
-    def _open(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling):
+    def _open(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling, extra: dict | None = None):
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         for attempt in range(self.cfg.retries + 1):
-            request = urllib.request.Request(self.url, data=self._body(messages, stream, max_tokens, sampling), headers=headers, method="POST")
+            request = urllib.request.Request(self.url, data=self._body(messages, stream, max_tokens, sampling, extra), headers=headers, method="POST")
             try:
                 return urllib.request.urlopen(request, timeout=self.cfg.timeout_s)
             except urllib.error.HTTPError as e:
@@ -60,21 +62,32 @@ class OpenAIGenerator(Generator):
                 raise GeneratorError(f"cannot reach {self.url} ({reason}) after {attempt + 1} tries; "
                                      "start the server or fix [generate] base_url") from None
 
-    def generate(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None) -> Generation:
+    def generate(self, messages: Messages, max_tokens: int | None = None, sampling: Sampling | None = None,
+                 schema: dict | None = None) -> Generation:
         """One plain (non-streaming) request; time to first token is the whole time."""
+        return self._request(messages, max_tokens, sampling, _reply_format(schema))
+
+    def call_tools(self, messages: Messages, tools: list[dict], max_tokens: int | None = None,
+                   sampling: Sampling | None = None) -> Generation:
+        """One request offering ``tools`` (OpenAI ``tools`` entries, ``tool_choice`` auto): the reply's
+        ``tool_calls`` (arguments as the endpoint sent them) in ``Generation.tool_calls``, or its text."""
+        return self._request(messages, max_tokens, sampling, {"tools": tools, "tool_choice": "auto"} if tools else None)
+
+    def _request(self, messages: Messages, max_tokens: int | None, sampling: Sampling | None, extra: dict | None) -> Generation:
         t0 = time.perf_counter()
-        text, (prompt_tokens, completion_tokens) = self._complete(messages, max_tokens or self.max_tokens,
-                                                                  sampling or Sampling.of(self.cfg))
+        message, (prompt_tokens, completion_tokens) = self._complete(messages, max_tokens or self.max_tokens,
+                                                                     sampling or Sampling.of(self.cfg), extra)
         total = time.perf_counter() - t0
-        self.last = Generation(text, self.format(messages), prompt_tokens, completion_tokens, total, total)
+        self.last = Generation(message.get("content") or "", self.format(messages), prompt_tokens, completion_tokens, total, total,
+                               tool_calls=message.get("tool_calls") or None)
         return self.last
 
-    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling, schema: dict | None = None) -> Iterator[str]:
         """Server-sent events. Usage comes from the last event when the server honours
         ``stream_options.include_usage``; otherwise (llama.cpp's server) the completion counts one
         token per content event, as servers send them, and the prompt is estimated."""
         prompt_tokens = completion_tokens = deltas = 0
-        with self._open(messages, True, max_tokens, sampling) as response:
+        with self._open(messages, True, max_tokens, sampling, _reply_format(schema)) as response:
             for raw in response:
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
@@ -93,15 +106,23 @@ class OpenAIGenerator(Generator):
                         yield piece
         self._usage = (prompt_tokens or self.count_tokens(self.format(messages)), completion_tokens or deltas)
 
-    def _complete(self, messages: Messages, max_tokens: int, sampling: Sampling) -> tuple[str, tuple[int, int]]:
-        with self._open(messages, False, max_tokens, sampling) as response:
+    def _complete(self, messages: Messages, max_tokens: int, sampling: Sampling,
+                  extra: dict | None = None) -> tuple[dict, tuple[int, int]]:
+        with self._open(messages, False, max_tokens, sampling, extra) as response:
             event = _parse(response.read().decode("utf-8", "replace"), self.url)
         try:
-            text = event["choices"][0]["message"]["content"] or ""
+            message = event["choices"][0]["message"]
+            if not isinstance(message, dict) or not (isinstance(message.get("content"), str) or message.get("tool_calls")):
+                raise TypeError
         except (KeyError, IndexError, TypeError):
             raise GeneratorError(f"{self.url} answered JSON without choices[0].message.content: {str(event)[:200]}") from None
         usage = event.get("usage") or {}
-        return text, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        return message, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+
+def _reply_format(schema: dict | None) -> dict | None:
+    """Structured output: endpoints that honour it (OpenAI, vLLM, llama.cpp's C++ server) constrain the reply."""
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "reply", "strict": True, "schema": schema}}} if schema else None
 
 
 def _parse(data: str, url: str) -> dict:

@@ -54,7 +54,8 @@ class TransformersGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling) -> Iterator[str]:
+    def _stream(self, messages: Messages, max_tokens: int, sampling: Sampling, schema: dict | None = None) -> Iterator[str]:
+        # schema: not enforced here (no grammar sampler); the caller checks the reply
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         ids = self.tokenizer(self.format(messages), add_special_tokens=False, return_tensors="pt").input_ids

@@ -73,7 +73,7 @@ class Chain:
         t1 = time.perf_counter()
         yield from generator.stream(messages, max_tokens, sampling)
         g = generator.last
-        cited = list(dict.fromkeys(int(n) for n in _CITATION.findall(g.text) if 1 <= int(n) <= len(sources)))
+        cited = citations(g.text, len(sources))
         method = "model"
         if not cited:  # small models often cite nothing: attribute by shared words, and say so
             cited, method = attribute(g.text, sources), "overlap"
@@ -83,6 +83,11 @@ class Chain:
                  "context_tokens": sum(s.tokens for s in sources)}
         return Answer(question, g.text.strip(), cited, sources, dropped, messages, g.prompt, False, generator.name,
                       usage, timings, citation_method=method)
+
+
+def citations(text: str, count: int) -> list[int]:
+    """Source numbers cited as [n] in ``text`` (1 to ``count``), in order of first mention."""
+    return list(dict.fromkeys(int(n) for n in _CITATION.findall(text) if 1 <= int(n) <= count))
 
 
 def attribute(text: str, sources) -> list[int]:

@@ -9,7 +9,9 @@ JSONL (or ``.jsonl.gz``), one object per line, in the formats TRL's ``SFTTrainer
 
   roles are system, user or assistant; every content a non-empty string; at least one user turn;
   the last turn is the assistant's. **Every assistant turn carries loss** (is learned), not only
-  the last; system and user turns are context.
+  the last; system and user turns are context. An agent trace (assistant turns with ``tool_calls``,
+  ``tool`` turns with results, as ``ragtune data traces-to-sft`` writes it) is rendered the way the
+  agent prompts a model (``agent.protocol.as_text``): its assistant turns become JSON actions.
 * prompt-completion: ``{"prompt": "...", "completion": "..."}``, or TRL's conversational variant
   with ``prompt`` a list of messages and ``completion`` a string or a list of one assistant message.
   The completion becomes the final assistant turn. (Assistant turns inside a conversational prompt
@@ -77,6 +79,8 @@ def _example(row: Any, n: int, prompt_field: str | None, completion_field: str |
     if prompt_field and completion_field:
         messages = _prompt_completion(row, n, prompt_field, completion_field)
         used = {prompt_field, completion_field}
+    elif "messages" in row and _uses_tools(row["messages"]):
+        messages, used = tool_turns(row["messages"], n), {"messages"}
     elif "messages" in row:
         messages, used = check_turns(row["messages"], n, "messages"), {"messages"}
     elif "prompt" in row or "completion" in row:
@@ -124,6 +128,44 @@ def check_turns(value: Any, n: int, key: str) -> Messages:
             raise ValueError(f"{where}: missing or empty 'content' (a non-empty string)")
         turns.append({"role": role, "content": content})
     return turns
+
+
+def _uses_tools(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(t, dict) and (t.get("tool_calls") or t.get("role") == "tool") for t in value)
+
+
+def tool_turns(value: list, n: int) -> Messages:
+    """An agent trace in TRL's format (assistant ``tool_calls`` with ``function.name``/``arguments``, then
+    ``tool`` turns), checked and rendered as the agent renders it for a template without tools
+    (``agent.protocol.as_text``: each assistant turn its JSON action), so training sees what inference sends."""
+    from ragtune.agent.protocol import as_text
+
+    plain = []
+    for i, turn in enumerate(value):
+        where = f"line {n}: messages[{i}]"
+        if not isinstance(turn, dict):
+            raise ValueError(f"{where}: expected an object with 'role' and 'content', got {type(turn).__name__}")
+        if turn.get("role") == "assistant" and turn.get("tool_calls"):
+            calls = turn["tool_calls"]
+            if not isinstance(calls, list) or len(calls) != 1:
+                raise ValueError(f"{where}: 'tool_calls' must hold exactly one call (the agent makes one per step)")
+            f = calls[0].get("function") if isinstance(calls[0], dict) else None
+            args = f.get("arguments") if isinstance(f, dict) else None
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except ValueError:
+                    args = None
+            if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(args, dict):
+                raise ValueError(f"{where}: a tool call needs function.name (a string) and function.arguments (an object)")
+            plain.append({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": f["name"], "arguments": args}}]})
+        elif turn.get("role") == "tool":
+            if not isinstance(turn.get("content"), str):
+                raise ValueError(f"{where}: a tool turn needs 'content' (the tool's result as a string)")
+            plain.append({"role": "tool", "content": turn["content"]})
+        else:
+            plain.extend(check_turns([turn], n, "messages"))
+    return as_text(plain)
 
 
 def _check_conversation(messages: Messages, n: int) -> None:
