@@ -8,33 +8,12 @@ import pytest
 from ragtune.agent.loop import LAST_STEP, REMOVED, Agent
 from ragtune.agent.tools import as_tool, toolbox
 from ragtune.errors import GeneratorError
-from ragtune.generate import Generation, Generator
-
-
-class Scripted(Generator):
-    """Replies from a list, one per call; records what it was sent."""
-
-    name = "scripted"
-
-    def __init__(self, replies, context_size=2048, constrained=False):
-        self.replies, self.sent, self.schemas = list(replies), [], []
-        self.context_size, self.constrained = context_size, constrained
-
-    def generate(self, messages, max_tokens=None, sampling=None, schema=None):
-        self.sent.append(messages)
-        self.schemas.append(schema)
-        text = self.replies.pop(0)
-        self.last = Generation(text, self.format(messages), self.count_tokens(self.format(messages)), self.count_tokens(text), 0.01, 0.01)
-        return self.last
+from tests.agent.scripted import NativeScripted, Scripted, call
 
 
 def agent(replies, tools=("calculate",), extra=(), max_steps=4, **kw):
     g = Scripted(replies, **kw)
     return Agent(g, lambda sources: toolbox(list(tools), []) + [as_tool(f) for f in extra], max_steps=max_steps), g
-
-
-def call(tool, **arguments):
-    return json.dumps({"tool": tool, "arguments": arguments})
 
 
 def test_a_call_then_an_answer():
@@ -143,20 +122,6 @@ def test_smollm2_on_llama_cpp_makes_valid_calls_and_finishes():
         assert all(json.loads(s.output) for s in answer.steps)
         assert answer.stopped in ("answer", "budget") and 1 <= len(answer.steps) <= 3
         assert all(s.prompt.startswith("<|im_start|>system") for s in answer.steps)
-
-
-class NativeScripted(Scripted):
-    """An endpoint with its own tool calling: a (name, arguments-as-sent) reply is a tool call, a string is text."""
-
-    native_tools = True
-
-    def call_tools(self, messages, tools, max_tokens=None, sampling=None):
-        self.sent.append(messages)
-        self.schemas.append([t["function"]["name"] for t in tools])
-        reply = self.replies.pop(0)
-        calls = [{"id": "abc", "type": "function", "function": {"name": reply[0], "arguments": reply[1]}}] if isinstance(reply, tuple) else None
-        self.last = Generation("" if calls else reply, self.format(messages), 10, 5, 0.01, 0.01, tool_calls=calls)
-        return self.last
 
 
 def test_native_tool_calls_go_over_the_wire_in_openai_shape():

@@ -13,7 +13,7 @@ from ragtune.evaluate.qa_eval import agent_arm, evaluate_qa
 from ragtune.train.data import load_examples, write_examples
 from ragtune.types import QAItem
 
-from .test_loop import Scripted, call
+from tests.agent.scripted import Scripted, call
 
 ITEMS = [QAItem("clips", "48 clips in April, half as many in May: how many in all?", ["72"]),
          QAItem("loop", "What is 2 + 2?", ["4"]),
