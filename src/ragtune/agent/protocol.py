@@ -17,6 +17,7 @@ that knows no tools: each assistant turn becomes its JSON action. Inference and 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from ragtune.agent.tools import Tool
@@ -45,13 +46,14 @@ class ActionError(ValueError):
     """A reply that is not one valid action; the message (fed back to the model) says what is wrong."""
 
 
-def action_schema(tools: list[Tool], calls: bool = True, chars: int = 256) -> dict:
-    """One of: a call of each tool (its name and its arguments' schema), or the answer. Strings are at
-    most ``chars`` characters, so a constrained reply always ends within the step's tokens."""
+def action_schema(tools: list[Tool], calls: bool = True, chars: int = 256, answer: bool = True) -> dict:
+    """One of: a call of each tool (its name and its arguments' schema), or (``answer``) the answer. Strings
+    are at most ``chars`` characters, so a constrained reply always ends within the step's tokens."""
     choices = [{"type": "object", "properties": {"tool": {"const": t.name}, "arguments": _bounded(t.parameters, chars)},
                 "required": ["tool", "arguments"], "additionalProperties": False} for t in (tools if calls else [])]
-    choices.append({"type": "object", "properties": {"answer": {"type": "string", "maxLength": chars}},
-                    "required": ["answer"], "additionalProperties": False})
+    if answer or not choices:
+        choices.append({"type": "object", "properties": {"answer": {"type": "string", "maxLength": chars}},
+                        "required": ["answer"], "additionalProperties": False})
     return choices[0] if len(choices) == 1 else {"oneOf": choices}
 
 
@@ -196,3 +198,24 @@ def wire(messages: list[dict]) -> list[dict]:
         else:
             out.append({"role": m["role"], "content": m.get("content") or ""})
     return out
+
+
+def tools_from_openai(specs) -> list[Tool]:
+    """OpenAI ``tools`` entries (a request's) as ``Tool``s without functions (the caller runs them);
+    ``ValueError`` names the entry that is not ``{"type": "function", "function": {"name", "parameters"}}``."""
+    if not isinstance(specs, list):
+        raise ValueError("'tools' must be a list of {\"type\": \"function\", \"function\": {...}} objects")
+    tools = []
+    for i, spec in enumerate(specs):
+        f = spec.get("function") if isinstance(spec, dict) and spec.get("type") == "function" else None
+        name = f.get("name") if isinstance(f, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ValueError(f"tools[{i}]: needs type \"function\" and function.name (letters, digits, _ or -, at most 64)")
+        params = f.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(params, dict) or params.get("type") != "object":
+            raise ValueError(f"tools[{i}].function.parameters must be a JSON schema of type object")
+        params = {"required": [], **params, "properties": params.get("properties") or {}}
+        tools.append(Tool(name, str(f.get("description") or ""), params, None))
+    if len({t.name for t in tools}) != len(tools):
+        raise ValueError("two tools have the same name")
+    return tools

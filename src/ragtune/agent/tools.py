@@ -39,7 +39,7 @@ class Tool:
     name: str
     description: str
     parameters: dict  # JSON schema of the arguments object
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | None  # None: the caller runs it (the tools of a served request)
     ready: Callable[[], bool] | None = None  # None: always callable; else offered only while it returns True
 
     def available(self) -> bool:

@@ -194,6 +194,8 @@ class ChatRequest:
     include_usage: bool
     temperature: float | None = None
     seed: int | None = None
+    tools: list | None = None  # agent.tools.Tool specs the client runs
+    tool_choice: Any = "auto"
 
 
 def chat_request(body: Any, engine: Engine, cfg, default_max_tokens: int) -> ChatRequest:
@@ -210,10 +212,14 @@ def chat_request(body: Any, engine: Engine, cfg, default_max_tokens: int) -> Cha
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects", "messages")
+    tools, tool_choice = request_tools(body, model)
     clean = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}]: needs 'role' system (or developer), user or assistant", f"messages[{i}].role")
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+            raise ApiError(400, f"messages[{i}]: needs 'role' system (or developer), user, assistant or tool", f"messages[{i}].role")
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            clean.append(_tool_call_turn(m, i))
+            continue
         content = m.get("content")
         if isinstance(content, list):  # OpenAI's content parts: text parts only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
@@ -222,8 +228,9 @@ def chat_request(body: Any, engine: Engine, cfg, default_max_tokens: int) -> Cha
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be text", f"messages[{i}].content")
         clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
-    if clean[-1]["role"] != "user" or not clean[-1]["content"].strip():
-        raise ApiError(400, "the last message must be the user's question, and not empty", "messages")
+    last = clean[-1]
+    if not (last["role"] == "user" or (tools and last["role"] == "tool")) or not last["content"].strip():
+        raise ApiError(400, "the last message must be the user's question (or, with tools, a tool's result), and not empty", "messages")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = min(default_max_tokens, cfg.max_tokens)
@@ -243,7 +250,48 @@ def chat_request(body: Any, engine: Engine, cfg, default_max_tokens: int) -> Cha
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, f"'seed' must be a whole number, not {seed!r}", "seed")
     return ChatRequest(model, clean, max_tokens, stream, bool(options.get("include_usage")),
-                       None if temperature is None else float(temperature), seed)
+                       None if temperature is None else float(temperature), seed, tools, tool_choice)
+
+
+def request_tools(body: dict, model: str) -> tuple[list | None, Any]:
+    """A request's ``tools`` and ``tool_choice``, checked (each tool's parameters must be a schema the
+    llama.cpp grammar can express)."""
+    from ragtune.agent.protocol import action_schema, tools_from_openai
+    from ragtune.errors import GeneratorError
+    from ragtune.generate.gbnf import to_gbnf
+
+    if not body.get("tools"):
+        return None, "auto"
+    if model == "rag" or model.startswith("rag:"):
+        raise ApiError(400, f"'tools' work with closed-book and registered models; {model!r} retrieves by itself "
+                            "(give the model a search tool instead)", "tools")
+    try:
+        tools = tools_from_openai(body["tools"])
+        to_gbnf(action_schema(tools))
+    except (ValueError, GeneratorError) as e:
+        raise ApiError(400, str(e), "tools") from None
+    choice = body.get("tool_choice", "auto")
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) and isinstance(choice.get("function"), dict) else None
+    if choice not in ("auto", "none", "required") and name not in {t.name for t in tools}:
+        raise ApiError(400, "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}} naming one of the tools", "tool_choice")
+    return tools, choice
+
+
+def _tool_call_turn(m: dict, i: int) -> dict:
+    """An assistant turn that called tools, as the agent keeps it (arguments as an object)."""
+    calls = m["tool_calls"]
+    try:
+        f = calls[0]["function"]
+        args = json.loads(f["arguments"]) if isinstance(f["arguments"], str) else f["arguments"]
+        if not isinstance(f["name"], str) or not isinstance(args, dict):
+            raise TypeError
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ApiError(400, f"messages[{i}].tool_calls: each call needs function.name and function.arguments (a JSON object)",
+                       f"messages[{i}].tool_calls") from None
+    return {"role": "assistant", "content": m.get("content") or "",
+            "tool_calls": [{"id": c.get("id"), "type": "function", "function": {"name": c["function"]["name"], "arguments": args}}
+                           for c in calls[:1]]}
 
 
 def feedback_args(body: Any) -> dict[str, Any]:
@@ -309,6 +357,13 @@ async def run_answer(engine: Engine, job) -> AsyncIterator[tuple[str, Any]]:
                 return
     finally:
         stop.set()
+
+
+def reply_message(turn: Turn) -> dict[str, Any]:
+    """The assistant message of a non-streamed answer: its text, or the tool calls it makes."""
+    if turn.tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": turn.tool_calls}
+    return {"role": "assistant", "content": turn.text}
 
 
 def completion_usage(turn: Turn) -> dict[str, int]:
@@ -420,14 +475,13 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
         req = chat_request(await json_body(request), engine, cfg, default_max_tokens)
         rid, created = new_id("chatcmpl"), int(time.time())
         request.state.model, request.state.response_id = req.model, rid
-        job = engine.answer(req.model, req.messages, req.max_tokens, req.temperature, req.seed)
+        job = engine.answer(req.model, req.messages, req.max_tokens, req.temperature, req.seed, req.tools, req.tool_choice)
         if not req.stream:  # the whole answer in one hand-off to the worker (no per-token messages)
             turn = await asyncio.wrap_future(engine.submit(lambda: drain(job)))
             await record(store, rid, turn)
             request.state.prompt_tokens, request.state.completion_tokens = turn.prompt_tokens, turn.completion_tokens
             return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": req.model,
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
-                                              "finish_reason": turn.finish_reason}],
+                                 "choices": [{"index": 0, "message": reply_message(turn), "finish_reason": turn.finish_reason}],
                                  "usage": completion_usage(turn), "sources": turn.sources})
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -447,6 +501,8 @@ def create_app(ws, store: FeedbackStore | None = None, engine: Engine | None = N
                         yield chunk({"content": value})
                     else:
                         turn = value
+                        if turn.tool_calls:
+                            yield chunk({"tool_calls": [{"index": 0, **turn.tool_calls[0]}]})
                         await record(store, rid, turn)
                         request.state.prompt_tokens, request.state.completion_tokens = turn.prompt_tokens, turn.completion_tokens
                         yield chunk({}, turn.finish_reason, sources=turn.sources)

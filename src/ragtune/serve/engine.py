@@ -12,6 +12,7 @@ went away) stops the generation at the next token.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -37,9 +38,10 @@ class Turn:
     sources: list[dict[str, Any]] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "stop"  # stop | length
+    finish_reason: str = "stop"  # stop | length | tool_calls
     weights_sha256: str = ""
     seconds: float = 0.0
+    tool_calls: list[dict[str, Any]] | None = None  # a reply that calls the request's tools (OpenAI shape)
 
 
 class UnknownModel(ConfigError):
@@ -129,17 +131,23 @@ class Engine:
         return self._weights[model]
 
     def answer(self, model: str, messages: Messages, max_tokens: int, temperature: float | None = None,
-               seed: int | None = None) -> Generator[str, None, Turn]:
+               seed: int | None = None, tools=None, tool_choice: Any = "auto") -> Generator[str, None, Turn]:
         """Yield the answer to the conversation ``messages`` (its last turn is the user's question)
         as it is generated; return the ``Turn``. ``temperature``/``seed``: this answer's sampling
-        (default [generate]'s: greedy). Drive it from the worker (``submit``)."""
+        (default [generate]'s: greedy). With ``tools`` (``agent.tools.Tool``s the client runs) the reply
+        is a call of one of them or the answer (``tool_reply``). Drive it from the worker (``submit``)."""
         from ragtune.generate import Sampling
 
         t0 = time.perf_counter()
         ws = self._workspace(model)
         sampling = Sampling.of(ws.config.generate, temperature, seed)
-        question = messages[-1]["content"]
-        if model == RAG or model.startswith("rag:"):
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        if tools:
+            turn = tool_reply(ws.generator, model, messages, tools, tool_choice, max_tokens, sampling)
+            turn.question = question
+            if not turn.tool_calls:
+                yield turn.text
+        elif model == RAG or model.startswith("rag:"):
             history = [m for m in messages[:-1] if m["role"] != "system"]
             answer = yield from ws.chain().run(question, history=history or None, max_tokens=max_tokens, sampling=sampling)
             if answer.abstained:  # no model was called: the refusal is the whole answer
@@ -151,7 +159,8 @@ class Engine:
             yield from generator.stream(messages, max_tokens, sampling)
             g = generator.last
             turn = Turn(model, g.text.strip(), messages, question, [], g.prompt_tokens, g.completion_tokens)
-        turn.finish_reason = "length" if turn.completion_tokens >= max_tokens else "stop"
+        if not turn.tool_calls:
+            turn.finish_reason = "length" if turn.completion_tokens >= max_tokens else "stop"
         turn.weights_sha256 = self.weights(model)
         turn.seconds = time.perf_counter() - t0
         return turn
@@ -162,3 +171,32 @@ class Engine:
         before = embedder.tokens_seen
         vectors = embedder.embed(texts)
         return vectors.tolist(), embedder.tokens_seen - before, embedder.model_id
+
+
+def tool_reply(generator, model: str, messages: list[dict], tools, tool_choice, max_tokens: int, sampling) -> Turn:
+    """One reply to a conversation with the request's ``tools``: the agent's JSON action format
+    (``agent.protocol``) behind OpenAI's tool calling. Its instructions go first in the system turn; the
+    reply is constrained to the schema where the backend can (llama.cpp: "auto" = a call or the answer,
+    "required" = a call, {"function": NAME} = that call, "none" = the answer); a reply that is not a valid
+    action comes back as plain content."""
+    from ragtune.agent.protocol import ActionError, action_schema, as_text, parse_action, system_prompt
+
+    choice = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else tool_choice
+    offered = [t for t in tools if t.name == choice] or tools
+    calls, answer = choice != "none", choice in ("auto", "none")
+    ours = system_prompt(offered)
+    system = [{"role": "system", "content": ours + ("\n\n" + messages[0]["content"] if messages[0]["role"] == "system" else "")}]
+    given = as_text(system + [m for m in messages if m["role"] != "system"])
+    g = generator.generate(given, max_tokens, sampling, schema=action_schema(offered, calls, max(16, max_tokens - 64), answer))
+    turn = Turn(model, g.text.strip(), given, "", [], g.prompt_tokens, g.completion_tokens)
+    try:
+        action = parse_action(g.text, offered, calls)
+    except ActionError:
+        return turn  # unconstrained backends: the text as it came
+    if action.tool is None:
+        turn.text = action.answer
+        return turn
+    turn.tool_calls = [{"id": "call_" + os.urandom(6).hex(), "type": "function",
+                        "function": {"name": action.tool, "arguments": json.dumps(action.arguments, ensure_ascii=False)}}]
+    turn.finish_reason = "tool_calls"
+    return turn
