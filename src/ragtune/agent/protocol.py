@@ -145,6 +145,19 @@ def _signature_of(schema: dict) -> str:
     return f"one of {schema['enum']}" if "enum" in schema else f"a {schema.get('type', 'value')}"
 
 
+def call_arguments(value) -> dict:
+    """A tool call's ``function.arguments`` as an object: OpenAI sends JSON text, TRL's format an object.
+    ``ValueError`` when it is neither valid JSON nor an object."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value or "{}")
+        except ValueError:
+            raise ValueError(f"the arguments are not JSON: {value[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError("the arguments must be a JSON object")
+    return value
+
+
 def call_message(call_id: str, action: Action) -> dict:
     """The assistant turn of a tool call, in OpenAI's shape with the arguments as an object (TRL's)."""
     return {"role": "assistant", "content": "",
@@ -162,7 +175,7 @@ def as_text(messages: list[dict]) -> list[dict[str, str]]:
             calls = m.get("tool_calls") or []
             if calls:
                 f = calls[0]["function"]
-                args = json.loads(f["arguments"]) if isinstance(f["arguments"], str) else f["arguments"]
+                args = call_arguments(f["arguments"])
                 out.append({"role": "assistant", "content": json.dumps({"tool": f["name"], "arguments": args}, ensure_ascii=False)})
             else:
                 out.append({"role": "assistant", "content": json.dumps({"answer": m.get("content") or ""}, ensure_ascii=False)})
@@ -176,12 +189,10 @@ def native_action(tool_calls: list[dict] | None, text: str, tools: list[Tool], c
     if not tool_calls:
         return Action(answer=text)
     f = tool_calls[0].get("function") or {}
-    args = f.get("arguments")
-    if isinstance(args, str):
-        try:
-            args = json.loads(args or "{}")
-        except ValueError:
-            raise ActionError(f"the arguments of {f.get('name')!r} are not JSON: {args[:80]!r}") from None
+    try:
+        args = call_arguments(f.get("arguments"))
+    except ValueError as e:
+        raise ActionError(f"{f.get('name')!r}: {e}") from None
     return parse_action(json.dumps({"tool": f.get("name"), "arguments": args}), tools, calls)
 
 

@@ -280,11 +280,13 @@ def request_tools(body: dict, model: str) -> tuple[list | None, Any]:
 
 def _tool_call_turn(m: dict, i: int) -> dict:
     """An assistant turn that called tools, as the agent keeps it (arguments as an object)."""
+    from ragtune.agent.protocol import call_arguments
+
     calls = m["tool_calls"]
     try:
         f = calls[0]["function"]
-        args = json.loads(f["arguments"]) if isinstance(f["arguments"], str) else f["arguments"]
-        if not isinstance(f["name"], str) or not isinstance(args, dict):
+        args = call_arguments(f["arguments"])
+        if not isinstance(f["name"], str):
             raise TypeError
     except (KeyError, IndexError, TypeError, ValueError):
         raise ApiError(400, f"messages[{i}].tool_calls: each call needs function.name and function.arguments (a JSON object)",

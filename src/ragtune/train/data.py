@@ -138,7 +138,7 @@ def tool_turns(value: list, n: int) -> Messages:
     """An agent trace in TRL's format (assistant ``tool_calls`` with ``function.name``/``arguments``, then
     ``tool`` turns), checked and rendered as the agent renders it for a template without tools
     (``agent.protocol.as_text``: each assistant turn its JSON action), so training sees what inference sends."""
-    from ragtune.agent.protocol import as_text
+    from ragtune.agent.protocol import as_text, call_arguments
 
     plain = []
     for i, turn in enumerate(value):
@@ -150,14 +150,12 @@ def tool_turns(value: list, n: int) -> Messages:
             if not isinstance(calls, list) or len(calls) != 1:
                 raise ValueError(f"{where}: 'tool_calls' must hold exactly one call (the agent makes one per step)")
             f = calls[0].get("function") if isinstance(calls[0], dict) else None
-            args = f.get("arguments") if isinstance(f, dict) else None
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except ValueError:
-                    args = None
-            if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(args, dict):
-                raise ValueError(f"{where}: a tool call needs function.name (a string) and function.arguments (an object)")
+            try:
+                if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+                    raise ValueError
+                args = call_arguments(f.get("arguments"))
+            except ValueError:
+                raise ValueError(f"{where}: a tool call needs function.name (a string) and function.arguments (an object)") from None
             plain.append({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": f["name"], "arguments": args}}]})
         elif turn.get("role") == "tool":
             if not isinstance(turn.get("content"), str):
