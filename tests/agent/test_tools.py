@@ -92,6 +92,7 @@ def test_actions_are_parsed_strictly():
     tools = [as_tool(convert)]
     assert parse_action('{"tool": "convert", "arguments": {"amount": 3}}', tools).arguments == {"amount": 3}
     assert parse_action(' {"answer": "12 EUR [1]"} ', tools).answer == "12 EUR [1]"
+    assert parse_action('{"answer": "12 EUR\nin cash"}', tools).answer == "12 EUR\nin cash"  # a raw line break, as written
     for reply, says in [("12 EUR", "not one JSON object"), ('["a"]', "must be a JSON object"),
                         ('{"tool": "fly", "arguments": {}}', "unknown tool 'fly'; the tools are: convert"),
                         ('{"tool": "convert", "arguments": {}}', "missing amount"),

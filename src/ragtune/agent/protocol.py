@@ -93,9 +93,11 @@ def _placeholder(schema: dict):
 
 
 def parse_action(text: str, tools: list[Tool], calls: bool = True) -> Action:
-    """The action in a reply, strictly; ``ActionError`` says what is wrong."""
+    """The action in a reply, strictly; ``ActionError`` says what is wrong. Raw line breaks and tabs inside
+    strings are taken as written (``strict=False``): grammars other than ours (llama-cpp-python's, behind
+    ``llama_cpp.server``) let them through, and they are unambiguous."""
     try:
-        data = json.loads(text.strip())
+        data = json.loads(text.strip(), strict=False)
     except ValueError:
         raise ActionError(f"the reply is not one JSON object: {text.strip()[:80]!r}") from None
     if not isinstance(data, dict):

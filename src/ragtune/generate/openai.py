@@ -30,6 +30,7 @@ class OpenAIGenerator(Generator):
         return json.dumps(messages, indent=2, ensure_ascii=False)  # sent as JSON; the server applies its template
 
     native_tools = True  # ``call_tools``: the endpoint's own tool calling
+    json_object = False  # the endpoint refused OpenAI's json_schema reply format: send llama-cpp-python's spelling
 
     def _body(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling, extra: dict | None) -> bytes:
         body = {"model": self.cfg.model, "messages": messages, "max_tokens": max_tokens, "temperature": sampling.temperature,
@@ -39,6 +40,8 @@ class OpenAIGenerator(Generator):
         return json.dumps(body).encode()
 
     def _open(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling, extra: dict | None = None):
+        if self.json_object and extra and "json_schema" in extra.get("response_format", {}):
+            extra = {**extra, "response_format": {"type": "json_object", "schema": extra["response_format"]["json_schema"]["schema"]}}
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env)
         if key:
@@ -49,6 +52,13 @@ class OpenAIGenerator(Generator):
                 return urllib.request.urlopen(request, timeout=self.cfg.timeout_s)
             except urllib.error.HTTPError as e:
                 detail = e.read(300).decode("utf-8", "replace").strip()
+                refused = e.code in (400, 422) or "response_format" in detail  # llama_cpp.server: 500 naming the field
+                if refused and not self.json_object and extra and "json_schema" in extra.get("response_format", {}):
+                    try:  # llama-cpp-python's server knows {"type": "json_object", "schema": ...} only
+                        self.json_object = True
+                        return self._open(messages, stream, max_tokens, sampling, extra)
+                    except GeneratorError:
+                        self.json_object = False  # not that either: the first refusal is the one to report
                 if e.code in _RETRY_STATUS and attempt < self.cfg.retries:
                     time.sleep(0.5 * 2 ** attempt)
                     continue
