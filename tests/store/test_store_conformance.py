@@ -16,11 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing
 
 import numpy as np
 import pytest
 
-from ragtune.config import StoreConfig
+from ragtune.config import StoreBackend, StoreConfig
 from ragtune.errors import ConfigError, IndexMismatchError
 from ragtune.store import BACKENDS, Filter, open_store, parse_filters
 from ragtune.types import Chunk
@@ -269,6 +270,7 @@ def test_a_reader_searching_while_another_process_writes_sees_whole_versions(sto
 def test_unknown_backend_lists_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="choose one of: lancedb, pgvector"):
         open_store(StoreConfig(backend="qdrant-ish"), tmp_path)
+    assert list(BACKENDS) == list(typing.get_args(StoreBackend))  # what ragtune.toml accepts
 
 
 def test_filters_are_plain_hashable_data():
