@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from ragtune.config import StoreConfig
-from ragtune.errors import ConfigError
-from ragtune.store import open_store, parse_filters
-from ragtune.store.pgvector import connect
+from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.store import Filter, open_store, parse_filters
+from ragtune.store.pgvector import compile_filters, connect
 from tests.store.test_store_conformance import DIM, MODEL, MODEL_ID, chunks, commit, sources, vector
 
 
@@ -44,6 +44,28 @@ def test_wildcards_are_the_only_pattern_characters(config, tmp_path):
 
     assert found("source=docs/a_b*") == ["docs/a_b.md"] and found("source=docs/100%*") == ["docs/100%.md"]
     assert found("source=*%*") == ["docs/100%.md"] and found("source=docs/*") == sorted(s for s, _, _ in files)
+
+
+def test_filters_compile_to_bound_parameters_and_known_columns_only():
+    clauses, params = compile_filters((Filter("source", "docs/*"), Filter("page", "3"), Filter("meta.x'y", "1' OR '1'='1")))
+    assert clauses == ['"source" LIKE %(v0)s', '"page" = %(v1)s', "metadata ->> %(k2)s = %(v2)s"]
+    assert params == {"v0": "docs/%", "v1": 3, "k2": "x'y", "v2": "1' OR '1'='1"}
+    with pytest.raises(ConfigError, match="cannot filter on"):
+        compile_filters((Filter('source" OR 1=1 --', "x"),))
+
+
+@pytest.mark.parametrize("query, found", [("G-114", True), ("O'Brien's badge", True), ("badge & !office | (zebra", True),
+                                          ("office:* <-> '", True), ("\\ ( ! :", False), ("the of and", False)])
+def test_keyword_queries_are_words_never_tsquery_syntax(config, tmp_path, query, found):
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    commit(store, [("badge.md", "k", chunks("badge.md", ["The Badge Office is in room G-114; ask O'Brien."]))])
+    assert sources(store.bm25(query, 5)) == (["badge.md"] if found else [])  # stop words alone match nothing
+
+
+def test_an_index_that_does_not_exist_says_how_to_make_one(config, tmp_path):
+    with pytest.raises(WorkspaceError, match="ragtune ingest"):
+        open_store(config, tmp_path / "none").pin()
 
 
 def test_the_password_comes_from_the_environment_never_the_url(config, monkeypatch):

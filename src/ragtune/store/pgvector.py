@@ -103,15 +103,17 @@ def compile_filters(filters: tuple[Filter, ...]) -> tuple[list[str], dict[str, A
     """SQL conditions for ``filters`` (all must hold), their values as bound parameters only."""
     clauses, params = [], {}
     for i, f in enumerate(filters):
+        column, op, value = f'"{f.column}"', "=", f.value  # a column name comes from COLUMN_FILTERS only
         if f.column is None:  # ->> gives numbers and booleans as text too: year=2024 matches 2024 and "2024"
-            clauses.append(f"metadata ->> %(k{i})s = %(v{i})s")
-            params[f"k{i}"], params[f"v{i}"] = f.field, f.value
-            continue
-        if f.column not in COLUMN_FILTERS:
+            column, params[f"k{i}"] = f"metadata ->> %(k{i})s", f.field
+        elif f.column not in COLUMN_FILTERS:
             raise ConfigError(f"cannot filter on {f.key!r}: use one of {', '.join(COLUMN_FILTERS)} or meta.FIELD")
-        wildcard = COLUMN_FILTERS[f.column] == "string" and "*" in f.value
-        clauses.append(f'"{f.column}" {"LIKE" if wildcard else "="} %(v{i})s')
-        params[f"v{i}"] = like_pattern(f.value) if wildcard else int(f.value) if COLUMN_FILTERS[f.column] == "int" else f.value
+        elif COLUMN_FILTERS[f.column] == "int":
+            value = int(f.value)
+        elif "*" in f.value:
+            op, value = "LIKE", like_pattern(f.value)
+        clauses.append(f"{column} {op} %(v{i})s")
+        params[f"v{i}"] = value
     return clauses, params
 
 
@@ -257,15 +259,18 @@ class PgVectorStore:
 
     def pin(self) -> None:
         """End the previous snapshot and take one of the latest committed version."""
-        from psycopg import IsolationLevel
+        import psycopg
 
-        self.require_meta()
         if self._reader is None or self._reader.closed:
             self._reader = connect(self.config, autocommit=False)
-            self._reader.isolation_level, self._reader.read_only = IsolationLevel.REPEATABLE_READ, True
+            self._reader.isolation_level, self._reader.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
         self._reader.rollback()
-        # the first statement of a REPEATABLE READ transaction fixes its snapshot
-        self._pinned = self._reader.execute(f"SELECT version FROM {self._meta}").fetchone()["version"]
+        try:  # the first statement of a REPEATABLE READ transaction fixes its snapshot
+            self._pinned = self._reader.execute(f"SELECT version FROM {self._meta}").fetchone()["version"]
+        except psycopg.errors.UndefinedTable:
+            self._reader.rollback()
+            self._pinned = None
+            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first") from None
 
     def _read(self, query: str, params: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
         """``query`` in the pinned snapshot (pinning the latest version first if there is none)."""
