@@ -159,8 +159,9 @@ def _postgres_bin() -> Path | None:
 def postgres():
     """A real PostgreSQL server on 127.0.0.1 for the session (a fresh cluster in a temporary folder,
     run as the `postgres` user when the tests run as root, which PostgreSQL refuses to be); yields a
-    function that creates a fresh database and returns its URL. Skipped when no server binaries are
-    installed, unless RAGTUNE_REQUIRE_POSTGRES=1 (CI), where that fails."""
+    function that creates a fresh database and returns its URL. Skipped, with the reason, when no
+    server binaries are installed or the server does not start, unless RAGTUNE_REQUIRE_POSTGRES=1
+    (CI), where that fails."""
     import tempfile
     import uuid
 
@@ -177,10 +178,15 @@ def postgres():
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
     data, log = home / "data", home / "server.log"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ragtune", "--no-sync"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                    f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ragtune", "--no-sync"],
+                       check=True, capture_output=True, text=True)
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                        f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        why = (log.read_text(errors="replace") if log.exists() else "") + e.stderr + e.stdout
+        shutil.rmtree(home, ignore_errors=True)
+        _no_postgres(f"PostgreSQL from {bindir} did not start: {' '.join(why.split())[-600:]}")
     import psycopg
 
     admin = psycopg.connect(f"postgresql://ragtune@127.0.0.1:{port}/postgres", autocommit=True)
