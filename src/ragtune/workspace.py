@@ -41,10 +41,10 @@ class Workspace:
         self._cache = None
 
     def with_config(self, config: Config) -> "Workspace":
-        """The same workspace under other settings, sharing the opened store (when ``[store] path``
-        is the same) and the embedding cache."""
+        """The same workspace under other settings, sharing the opened store (when ``[store]`` is
+        the same) and the embedding cache."""
         other = Workspace(self.root, config)
-        if config.store.path == self.config.store.path:
+        if config.store == self.config.store:
             other._store = self._store
         other._cache = self._cache
         return other
@@ -69,7 +69,7 @@ class Workspace:
         if self._store is None:
             from ragtune.store import open_store
 
-            self._store = open_store(self.config.store.backend, self.root / self.config.store.path)
+            self._store = open_store(self.config.store, self.root / self.config.store.path)
         return self._store
 
     @property

@@ -1,12 +1,14 @@
 """The store conformance suite: what every backend in ``ragtune.store.BACKENDS`` must do.
 
-A new backend is added to ``BACKENDS`` and must pass this file unchanged. The tests use small
+A new backend is added to ``BACKENDS`` and must pass this file unchanged (one that needs a server
+names the fixture that starts it in ``SERVERS``). The tests use small
 synthetic chunks and unit vectors (no embedding model): round trip, dense and keyword search,
 filters given as data, incremental re-ingest (a file's chunks replaced in one commit), deletion,
 model identity, a writer killed with SIGKILL mid-stream (only whole files survive, and writing
 goes on), and a reader searching while another process writes (it sees one version at a time).
 """
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -14,10 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing
 
 import numpy as np
 import pytest
 
+from ragtune.config import StoreBackend, StoreConfig
 from ragtune.errors import ConfigError, IndexMismatchError
 from ragtune.store import BACKENDS, Filter, open_store, parse_filters
 from ragtune.types import Chunk
@@ -58,14 +62,18 @@ HANDBOOK = [
 ]
 
 
+SERVERS = {"pgvector": "pgvector_url"}  # backend -> the fixture giving its server's [store] url
+
+
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request):
-    return request.param
+def config(request) -> StoreConfig:
+    url = request.getfixturevalue(SERVERS[request.param]) if request.param in SERVERS else ""
+    return StoreConfig(backend=request.param, url=url)
 
 
 @pytest.fixture
-def store(backend, tmp_path):
-    s = open_store(backend, tmp_path / "index")
+def store(config, tmp_path):
+    s = open_store(config, tmp_path / "index")
     s.ensure(MODEL, MODEL_ID, DIM)
     commit(s, HANDBOOK)
     return s
@@ -121,6 +129,17 @@ def test_filters_given_as_data_hold_in_both_searches(store, items, expected):
     assert set(sources(store.bm25(everything, 10, filters))) == expected
 
 
+@pytest.mark.parametrize("items", [["source=x' OR '1'='1"], ["source=*' OR '1'='1"], ["lang=x' OR '1'='1"],
+                                   ["title=Title of docs/badge.md'; DROP TABLE chunks; --"]])
+def test_a_filter_value_is_data_never_query_text(store, items):
+    filters = parse_filters(items)
+    assert store.dense(vector("anything"), 10, filters) == [] and store.bm25("hotels zebra badge", 10, filters) == []
+    store.delete_sources(["x' OR '1'='1", "*"])
+    store.finalize()
+    store.pin()
+    assert store.stats().chunks == 4 and len(store.dense(vector("anything"), 10)) == 4
+
+
 def test_bad_filters_name_the_problem():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_filters(["source"])
@@ -153,23 +172,23 @@ def test_deleted_sources_leave_every_search(store):
     assert "notes/zebra.txt" not in sources(store.dense(vector("A zebra crossing marks where walkers cross the road."), 10))
 
 
-def test_the_embedding_model_is_part_of_the_index(store, backend):
+def test_the_embedding_model_is_part_of_the_index(store, config):
     store.check(MODEL_ID)
     with pytest.raises(IndexMismatchError, match="rebuild"):
         store.check("other-model/onnx@ffffffffffffffff")
     with pytest.raises(IndexMismatchError):
         store.ensure("other-model", "other-model/onnx@ffffffffffffffff", DIM)
-    again = open_store(backend, store.path)  # a second handle reads the same identity
+    again = open_store(config, store.path)  # a second handle reads the same identity
     again.check(MODEL_ID)
     again.drop()
-    assert not open_store(backend, store.path).exists()
+    assert not open_store(config, store.path).exists()
 
 
-def test_a_pinned_reader_sees_one_version_until_it_pins_again(store, backend):
-    reader = open_store(backend, store.path)
+def test_a_pinned_reader_sees_one_version_until_it_pins_again(store, config):
+    reader = open_store(config, store.path)
     reader.pin()
     pinned = reader.pinned_version
-    writer = open_store(backend, store.path)
+    writer = open_store(config, store.path)
     commit(writer, [("notes/quartz.txt", "k-quartz-1", chunks("notes/quartz.txt", ["Quartz clocks keep time with a crystal."]))])
     assert reader.pinned_version == pinned and reader.bm25("quartz crystal", 3) == []
     reader.pin()
@@ -180,8 +199,9 @@ WRITER = textwrap.dedent("""
     import sys
     sys.path[:0] = {paths!r}
     from tests.store.test_store_conformance import chunks, commit
+    from ragtune.config import StoreConfig
     from ragtune.store import open_store
-    store = open_store({backend!r}, __import__("pathlib").Path({path!r}))
+    store = open_store(StoreConfig(**{config!r}), __import__("pathlib").Path({path!r}))
     for i in range(400):
         texts = [f"Batch {{i}} line {{j}} about topic{{i}} and word{{j}}." for j in range(6)]
         commit(store, [(f"gen/f{{i:03d}}.txt", f"key-{{i}}", chunks(f"gen/f{{i:03d}}.txt", texts))])
@@ -189,8 +209,8 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def _writer(backend, path) -> subprocess.Popen:
-    code = WRITER.format(paths=sys.path, backend=backend, path=str(path))
+def _writer(config, path) -> subprocess.Popen:
+    code = WRITER.format(paths=sys.path, config=dataclasses.asdict(config), path=str(path))
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -205,8 +225,8 @@ def _whole_files(store) -> dict[str, int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("after", [2, 9])
-def test_a_writer_killed_mid_stream_leaves_whole_files_and_writing_goes_on(store, backend, after):
-    proc = _writer(backend, store.path)
+def test_a_writer_killed_mid_stream_leaves_whole_files_and_writing_goes_on(store, config, after):
+    proc = _writer(config, store.path)
     done = -1
     while done < after:
         line = proc.stdout.readline()
@@ -215,7 +235,7 @@ def test_a_writer_killed_mid_stream_leaves_whole_files_and_writing_goes_on(store
     time.sleep(0.01 * after)  # somewhere inside the next commits
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    survivor = open_store(backend, store.path)
+    survivor = open_store(config, store.path)
     survivor.check(MODEL_ID)
     generated = _whole_files(survivor)
     assert len(generated) >= after + 1  # every file reported as committed is there
@@ -226,9 +246,9 @@ def test_a_writer_killed_mid_stream_leaves_whole_files_and_writing_goes_on(store
 
 
 @pytest.mark.slow
-def test_a_reader_searching_while_another_process_writes_sees_whole_versions(store, backend):
-    proc = _writer(backend, store.path)
-    reader = open_store(backend, store.path)
+def test_a_reader_searching_while_another_process_writes_sees_whole_versions(store, config):
+    proc = _writer(config, store.path)
+    reader = open_store(config, store.path)
     seen, deadline = set(), time.time() + 60
     try:
         while len(seen) < 5 and time.time() < deadline and proc.poll() is None:
@@ -248,8 +268,9 @@ def test_a_reader_searching_while_another_process_writes_sees_whole_versions(sto
 
 
 def test_unknown_backend_lists_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match="choose one of: lancedb"):
-        open_store("qdrant-ish", tmp_path)
+    with pytest.raises(ConfigError, match="choose one of: lancedb, pgvector"):
+        open_store(StoreConfig(backend="qdrant-ish"), tmp_path)
+    assert list(BACKENDS) == list(typing.get_args(StoreBackend))  # what ragtune.toml accepts
 
 
 def test_filters_are_plain_hashable_data():

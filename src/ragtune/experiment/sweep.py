@@ -173,7 +173,7 @@ class Indexes:
         if key not in self.views:
             self.views[key] = self._open(key, config)
         view, retriever = self.views[key]
-        return (view.with_config(apply(config, {"store.path": view.config.store.path}, "sweep")),
+        return (view.with_config(apply(config, {"store.path": view.config.store.path, "store.table": view.config.store.table}, "sweep")),
                 retriever.configured(config.retrieve))
 
     def _open(self, key: str, config: Config):
@@ -186,7 +186,8 @@ class Indexes:
         else:
             from ragtune.config import STATE_DIR
 
-            view = self.ws.with_config(apply(config, {"store.path": f"{STATE_DIR}/indexes/{key}"}, "sweep"))
+            # store.table cleared: under pgvector this index gets tables of its own, named from its path
+            view = self.ws.with_config(apply(config, {"store.path": f"{STATE_DIR}/indexes/{key}", "store.table": ""}, "sweep"))
             report = view.ingest(None, progress=self.progress)  # the workspace's ingested paths; cached embeddings reused
             self.ingests[key] = report
             self.log(f"index {key}: {report.chunks_written} chunks written, {report.chunks_embedded} embedded (the rest from cache)")

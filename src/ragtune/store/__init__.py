@@ -1,4 +1,5 @@
-"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default.
+"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default;
+pgvector keeps them in a PostgreSQL server that several workspaces and machines can share.
 
 A backend implements ``Store`` (below) and passes the conformance suite in
 ``tests/store/test_store_conformance.py``; adding one is a module and an entry in ``BACKENDS``.
@@ -11,6 +12,7 @@ language, so nothing above the store knows LanceDB's SQL.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -20,6 +22,8 @@ from ragtune.types import Chunk, Hit, IndexStats
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ragtune.config import StoreConfig
 
 # Chunk columns a filter can name, with their type; any other key is a metadata field.
 COLUMN_FILTERS = {"source": "string", "doc_id": "string", "title": "string", "heading": "string", "page": "int"}
@@ -110,17 +114,29 @@ class Store(Protocol):
     def stats(self) -> IndexStats: ...
 
 
-def _lancedb(path: Path) -> Store:
+def chunk_id(source: str, file_key: str, index: int) -> str:
+    """Ids carry the file's key: a changed file's new chunks never collide with its old ones."""
+    return f"{hashlib.sha1(source.encode()).hexdigest()[:12]}:{file_key[:12]}:{index}"
+
+
+def _lancedb(config: StoreConfig, path: Path) -> Store:
     from ragtune.store.lancedb import LanceStore
 
     return LanceStore(path)
 
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"lancedb": _lancedb}
+def _pgvector(config: StoreConfig, path: Path) -> Store:
+    from ragtune.store.pgvector import PgVectorStore
+
+    return PgVectorStore(config, path)
 
 
-def open_store(backend: str, path: Path) -> Store:
-    """The store ``backend`` (``[store] backend``) at ``path``; nothing is read until it is used."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown store backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    return BACKENDS[backend](path)
+BACKENDS: dict[str, Callable[[StoreConfig, Path], Store]] = {"lancedb": _lancedb, "pgvector": _pgvector}
+
+
+def open_store(config: StoreConfig, path: Path) -> Store:
+    """The store of ``config`` (``[store]``: ``backend`` and its settings) for the index at ``path``;
+    nothing is read or connected until it is used."""
+    if config.backend not in BACKENDS:
+        raise ConfigError(f"unknown store backend {config.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[config.backend](config, path)

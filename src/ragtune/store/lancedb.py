@@ -13,7 +13,6 @@ compiled into Lance's SQL here (``where``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -24,7 +23,7 @@ import numpy as np
 
 from ragtune.errors import IndexMismatchError, WorkspaceError
 from ragtune.files import write_json
-from ragtune.store import Filter
+from ragtune.store import Filter, chunk_id
 from ragtune.types import Chunk, Hit, IndexStats
 
 FORMAT_VERSION = 1
@@ -284,11 +283,6 @@ def _hit(row: dict[str, Any], rank: int, score: float, similarity: float | None 
     return Hit(rank=rank, score=float(score), chunk_id=row["id"], doc_id=row["doc_id"], source=row["source"],
                title=row["title"], heading=row["heading"], page=row["page"], start=row["start"], end=row["end"],
                text=row["text"], metadata=json.loads(row["metadata"] or "{}"), similarity=similarity)
-
-
-def chunk_id(source: str, file_key: str, index: int) -> str:
-    """Ids carry the file's key: a changed file's new chunks never collide with its old ones."""
-    return f"{hashlib.sha1(source.encode()).hexdigest()[:12]}:{file_key[:12]}:{index}"
 
 
 def _to_arrow(files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray):

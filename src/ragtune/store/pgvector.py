@@ -1,0 +1,348 @@
+"""The PostgreSQL + pgvector store: chunks, vectors and a full-text index in a server's database.
+
+``[store] backend = "pgvector"`` and ``url = "postgresql://user@host:port/db"``; the password comes
+from the environment variable named by ``[store] password_env`` (or libpq's PGPASSWORD and
+~/.pgpass), never from ragtune.toml. An index is two tables: ``PREFIX_chunks``, one row per chunk
+(provenance, text, ``metadata`` jsonb, ``embedding vector(dim)`` under an HNSW index, and a
+generated ``tsv`` tsvector under a GIN index), and ``PREFIX_meta``, one row (model, model id, dim,
+format version, version counter). PREFIX is ``[store] table``, or is derived from the index's
+absolute path, so several workspaces can share one database.
+
+Writing: ``commit`` and ``delete_sources`` are one transaction each (delete the replaced sources'
+rows, COPY the new ones, add one to the version), so a writer killed mid-stream leaves whole files
+only: the server rolls back the open transaction of a connection that drops.
+
+Pinning: ``pin`` ends the reader's transaction and opens a new REPEATABLE READ, read-only one whose
+first statement reads the version. Every search until the next ``pin`` runs in that transaction, so
+it sees exactly the snapshot of that committed version (PostgreSQL's MVCC: rows carry no version
+columns, and deleted rows are really gone). The price is a snapshot held open between searches,
+which holds back VACUUM and makes ``drop`` wait; ``Retriever`` pins at every search, which keeps it
+short. Writes and the reads that are not pinned (``rows``, ``stats``, ``file_keys``, ``version``) go
+through a second, autocommit connection and see the latest commit.
+
+Searching: ``dense`` orders by cosine distance (``<=>``; score = 1 - distance) through the HNSW
+index, with ``hnsw.ef_search`` raised to ``n`` and iterative scans under filters; more than 1000
+results come from an exact scan. ``bm25`` ORs the query's words (any of them may match, as in
+BM25) against the 'english' tsvector (stemmed, stop words dropped) and ranks by ``ts_rank_cd``
+divided by the log of the chunk's length: PostgreSQL has no BM25, so the scores are not BM25's.
+Filters become SQL with bound parameters only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ragtune.errors import ConfigError, IndexMismatchError, WorkspaceError
+from ragtune.store import COLUMN_FILTERS, Filter, chunk_id
+from ragtune.types import Chunk, Hit, IndexStats
+
+if TYPE_CHECKING:
+    from ragtune.config import StoreConfig
+
+FORMAT_VERSION = 1
+TS_CONFIG = "english"
+EF_SEARCH_MAX = 1000  # pgvector's limit: more results than this come from an exact scan
+TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+ROW_COLUMNS = ("id", "doc_id", "source", "file_key", "title", "heading", "page", "start", "end", "n_tokens", "text",
+               "search_text", "metadata")
+COPY_COLUMNS = ", ".join(f'"{c}"' for c in (*ROW_COLUMNS, "embedding"))
+HIT_SELECT = ", ".join(f'"{c}"' for c in ("id", "doc_id", "source", "title", "heading", "page", "start", "end", "text", "metadata"))
+
+
+def table_prefix(config: StoreConfig, path: Path) -> str:
+    """``[store] table``, checked, or a name derived from the index's absolute path."""
+    if not config.table:
+        return "rt_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    if not TABLE_NAME.fullmatch(config.table):
+        raise ConfigError(f"[store] table = {config.table!r}: use lowercase letters, digits and '_' "
+                          "(at most 48, not starting with a digit), or leave it empty")
+    return config.table
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username or ''}@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
+def connect(config: StoreConfig, **options: Any):
+    """A psycopg connection (rows as dicts) to ``[store] url``, or a ``ConfigError`` saying what to fix."""
+    url, env = config.url, config.password_env
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError('[store] backend = "pgvector" needs [store] url = "postgresql://user@host:port/db"'
+                          f" (it is {redacted(url)!r})")
+    if urlsplit(url).password is not None:
+        raise ConfigError(f"[store] url {redacted(url)} holds a password: remove it from ragtune.toml and set the "
+                          f"environment variable {env or 'RAGTUNE_PG_PASSWORD'} (named by [store] password_env) instead")
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+    except ImportError:
+        raise ConfigError("""[store] backend = "pgvector" needs psycopg: pip install 'ragtune[postgres]'""") from None
+    if env and os.environ.get(env):
+        options["password"] = os.environ[env]
+    try:
+        return psycopg.connect(url, connect_timeout=10, row_factory=dict_row, **options)
+    except psycopg.OperationalError as e:
+        raise ConfigError(f"cannot connect to the pgvector store at {url}: {' '.join(str(e).split())}. Check [store] url, "
+                          f"that the server is running, and the password in ${env or 'PGPASSWORD'}") from None
+
+
+def compile_filters(filters: tuple[Filter, ...]) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions for ``filters`` (all must hold), their values as bound parameters only."""
+    clauses, params = [], {}
+    for i, f in enumerate(filters):
+        column, op, value = f'"{f.column}"', "=", f.value  # a column name comes from COLUMN_FILTERS only
+        if f.column is None:  # ->> gives numbers and booleans as text too: year=2024 matches 2024 and "2024"
+            column, params[f"k{i}"] = f"metadata ->> %(k{i})s", f.field
+        elif f.column not in COLUMN_FILTERS:
+            raise ConfigError(f"cannot filter on {f.key!r}: use one of {', '.join(COLUMN_FILTERS)} or meta.FIELD")
+        elif COLUMN_FILTERS[f.column] == "int":
+            value = int(f.value)
+        elif "*" in f.value:
+            op, value = "LIKE", like_pattern(f.value)
+        clauses.append(f"{column} {op} %(v{i})s")
+        params[f"v{i}"] = value
+    return clauses, params
+
+
+def like_pattern(value: str) -> str:
+    """``docs/*_v2.md`` -> ``docs/%\\_v2.md``: ``*`` matches anything, every other character itself."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+
+
+class PgVectorStore:
+    def __init__(self, config: StoreConfig, path: Path) -> None:
+        self.config, self.path = config, path
+        self.prefix = table_prefix(config, path)
+        self._chunks, self._meta = f'"{self.prefix}_chunks"', f'"{self.prefix}_meta"'
+        self._conn = None  # autocommit: writes (a transaction each) and the reads of the latest commit
+        self._reader = None  # the pinned snapshot: one REPEATABLE READ transaction per pin
+        self._pinned: int | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{redacted(self.config.url)} (tables {self.prefix}_*)"
+
+    def _db(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.config, autocommit=True)
+        return self._conn
+
+    # -- identity ---------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any] | None:
+        db = self._db()
+        if db.execute("SELECT to_regclass(%s) AS t", [f"{self.prefix}_meta"]).fetchone()["t"] is None:
+            return None
+        return db.execute(f"SELECT * FROM {self._meta}").fetchone()
+
+    def exists(self) -> bool:
+        return self.meta() is not None
+
+    def ensure(self, model: str, model_id: str, dim: int) -> None:
+        """Create an empty index for this embedder, or check the existing one was built with it."""
+        db = self._db()
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.prefix])  # of two first ingests, one creates
+            if self.meta() is not None:
+                self.check(model_id)
+                return
+            self._create_extension(db)
+            db.execute(f"""CREATE TABLE {self._chunks} (
+                id text PRIMARY KEY, doc_id text NOT NULL, source text NOT NULL, file_key text NOT NULL,
+                title text NOT NULL, heading text NOT NULL, page integer, start integer NOT NULL, "end" integer NOT NULL,
+                n_tokens integer NOT NULL, text text NOT NULL, search_text text NOT NULL, metadata jsonb NOT NULL,
+                embedding vector({int(dim)}) NOT NULL,
+                tsv tsvector GENERATED ALWAYS AS (to_tsvector('{TS_CONFIG}', search_text)) STORED)""")
+            db.execute(f"CREATE INDEX ON {self._chunks} (source)")
+            db.execute(f"CREATE INDEX ON {self._chunks} USING hnsw (embedding vector_cosine_ops)")
+            db.execute(f"CREATE INDEX ON {self._chunks} USING gin (tsv)")
+            db.execute(f"""CREATE TABLE {self._meta} (format_version integer NOT NULL, embed_model text NOT NULL,
+                model_id text NOT NULL, dim integer NOT NULL, version bigint NOT NULL, created text NOT NULL)""")
+            db.execute(f"INSERT INTO {self._meta} VALUES (%s, %s, %s, %s, 0, %s)",
+                       [FORMAT_VERSION, model, model_id, dim, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())])
+
+    def _create_extension(self, db) -> None:
+        import psycopg
+
+        try:
+            db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as e:
+            raise ConfigError(f"the database {redacted(self.config.url)} has no pgvector extension and ragtune cannot create it "
+                              f"({' '.join(str(e).split())}): install pgvector on the server and run `CREATE EXTENSION vector` "
+                              "in that database as its owner") from None
+
+    def check(self, model_id: str) -> None:
+        meta = self.require_meta()
+        if meta["format_version"] != FORMAT_VERSION:
+            raise IndexMismatchError(f"the index in {self.location} has format {meta['format_version']}, this ragtune reads "
+                                     f"{FORMAT_VERSION}: rebuild it with `ragtune index rebuild`")
+        if meta["model_id"] != model_id:
+            raise IndexMismatchError(
+                f"the index was built with embedding model {meta['model_id']}, but the workspace is set to {model_id}. "
+                "Vectors of different models cannot be mixed: set [embed] back in ragtune.toml, or rebuild the index "
+                "with the new model: `ragtune index rebuild` (cached embeddings are reused)")
+
+    def require_meta(self) -> dict[str, Any]:
+        meta = self.meta()
+        if meta is None:
+            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first")
+        return meta
+
+    def drop(self) -> None:
+        import psycopg
+
+        self._pinned = None
+        if self._reader is not None and not self._reader.closed:
+            self._reader.rollback()  # our own snapshot would make the DROP wait for ever
+        db = self._db()
+        try:
+            with db.transaction():
+                db.execute("SET LOCAL lock_timeout = '30s'")
+                db.execute(f"DROP TABLE IF EXISTS {self._chunks}, {self._meta}")
+        except psycopg.errors.LockNotAvailable:
+            raise WorkspaceError(f"the index in {self.location} is in use by another process (a server?): "
+                                 "stop it and try again") from None
+
+    # -- writing ----------------------------------------------------------------------------
+    def file_keys(self) -> dict[str, str]:
+        """{source: file_key} of everything committed."""
+        if not self.exists():
+            return {}
+        rows = self._db().execute(f"SELECT DISTINCT source, file_key FROM {self._chunks}").fetchall()
+        return {r["source"]: r["file_key"] for r in rows}
+
+    def commit(self, files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray, replace_sources: set[str]) -> int:
+        """Add the chunks of ``files`` ((source, file key, chunks), vectors in the same order);
+        the old chunks of ``replace_sources`` go in the same transaction."""
+        db = self._db()
+        with db.transaction():
+            if replace_sources:
+                db.execute(f"DELETE FROM {self._chunks} WHERE source = ANY(%s)", [sorted(replace_sources)])
+            with db.cursor() as cur, cur.copy(f"COPY {self._chunks} ({COPY_COLUMNS}) FROM STDIN") as copy:
+                for row in _rows(files, vectors):
+                    copy.write_row(row)
+            return self._bump(db)
+
+    def delete_sources(self, sources: list[str]) -> int:
+        db = self._db()
+        with db.transaction():
+            db.execute(f"DELETE FROM {self._chunks} WHERE source = ANY(%s)", [list(sources)])
+            return self._bump(db)
+
+    def _bump(self, db) -> int:
+        return db.execute(f"UPDATE {self._meta} SET version = version + 1 RETURNING version").fetchone()["version"]
+
+    def finalize(self) -> int:
+        """Nothing to bring up to date (PostgreSQL updates both indexes in every write); the version."""
+        return self.version()
+
+    # -- reading ----------------------------------------------------------------------------
+    def version(self) -> int:
+        return self.require_meta()["version"]
+
+    @property
+    def pinned_version(self) -> int | None:
+        """The version searches read (set by ``pin``)."""
+        return self._pinned
+
+    def pin(self) -> None:
+        """End the previous snapshot and take one of the latest committed version."""
+        import psycopg
+
+        if self._reader is None or self._reader.closed:
+            self._reader = connect(self.config, autocommit=False)
+            self._reader.isolation_level, self._reader.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+        self._reader.rollback()
+        try:  # the first statement of a REPEATABLE READ transaction fixes its snapshot
+            self._pinned = self._reader.execute(f"SELECT version FROM {self._meta}").fetchone()["version"]
+        except psycopg.errors.UndefinedTable:
+            self._reader.rollback()
+            self._pinned = None
+            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first") from None
+
+    def _read(self, query: str, params: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
+        """``query`` in the pinned snapshot (pinning the latest version first if there is none)."""
+        if self._pinned is None:
+            self.pin()
+        return self._reader.execute(query, params).fetchall()
+
+    def dense(self, vector: np.ndarray, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
+        clauses, params = compile_filters(filters)
+        # ef_search bounds what one HNSW scan returns; iterative scans go on past rows that a filter drops
+        self._read("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+                   [str(min(max(n, 40), EF_SEARCH_MAX)), "strict_order" if filters else "off"])
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        # the HNSW index serves only ORDER BY embedding <=> q: ordering by the similarity is an exact scan
+        order = "embedding <=> %(q)s::vector" if n <= EF_SEARCH_MAX else "similarity DESC"
+        rows = self._read(f"SELECT {HIT_SELECT}, 1 - (embedding <=> %(q)s::vector) AS similarity FROM {self._chunks}{where} "
+                          f"ORDER BY {order} LIMIT %(n)s", {"q": _vector(vector), "n": n, **params})
+        return [_hit(r, rank, r["similarity"], r["similarity"]) for rank, r in enumerate(rows, 1)]
+
+    def similarities(self, vector: np.ndarray, chunk_ids: list[str]) -> dict[str, float]:
+        """Cosine similarity of ``vector`` to each chunk still in the pinned version."""
+        rows = self._read(f"SELECT id, 1 - (embedding <=> %(q)s::vector) AS similarity FROM {self._chunks} WHERE id = ANY(%(ids)s)",
+                          {"q": _vector(vector), "ids": list(chunk_ids)})
+        return {r["id"]: float(r["similarity"]) for r in rows}
+
+    def bm25(self, query: str, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
+        clauses, params = compile_filters(filters)
+        # plainto_tsquery ANDs the words ('a' & 'b'); OR them instead (lexemes hold no spaces)
+        words = f"(SELECT replace(plainto_tsquery('{TS_CONFIG}', %(query)s)::text, ' & ', ' | ')::tsquery AS q) AS words"
+        rows = self._read(f"SELECT {HIT_SELECT}, ts_rank_cd(tsv, q, 1) AS score FROM {self._chunks}, {words} "
+                          f"WHERE {' AND '.join(['tsv @@ q', *clauses])} ORDER BY score DESC, id LIMIT %(n)s",
+                          {"query": query, "n": n, **params})
+        return [_hit(r, rank, r["score"]) for rank, r in enumerate(rows, 1)]
+
+    def rows(self, columns: list[str]) -> list[dict[str, Any]]:
+        """Every committed chunk, only ``columns`` (``metadata`` as JSON text, as LanceStore gives it)."""
+        self.require_meta()
+        unknown = [c for c in columns if c not in ROW_COLUMNS]
+        if unknown:
+            raise ValueError(f"no column {', '.join(unknown)} in the pgvector store; columns: {', '.join(ROW_COLUMNS)}")
+        select = ", ".join('metadata::text AS metadata' if c == "metadata" else f'"{c}"' for c in columns)
+        return self._db().execute(f"SELECT {select} FROM {self._chunks}").fetchall()
+
+    def stats(self) -> IndexStats:
+        meta = self.require_meta()
+        row = self._db().execute(f"""SELECT (SELECT version FROM {self._meta}) AS version, count(*) AS chunks,
+            count(DISTINCT source) AS sources, count(DISTINCT (source, doc_id)) AS documents FROM {self._chunks}""").fetchone()
+        return IndexStats(documents=row["documents"], sources=row["sources"], chunks=row["chunks"], model=meta["embed_model"],
+                          model_id=meta["model_id"], dim=meta["dim"], index_version=row["version"],
+                          format_version=meta["format_version"], path=self.location)
+
+
+def _vector(v: np.ndarray) -> str:
+    """pgvector's text form; 9 significant digits give back the same float32."""
+    return "[" + ",".join(f"{x:.9g}" for x in np.asarray(v, np.float32).tolist()) + "]"
+
+
+def _text(s: str) -> str:
+    """PostgreSQL text cannot hold NUL; U+FFFD keeps the offsets (start, end) right."""
+    return s.replace("\x00", "\ufffd")
+
+
+def _rows(files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray):
+    """COPY rows in ``COPY_COLUMNS`` order."""
+    chunks = ((source, key, i, c) for source, key, cs in files for i, c in enumerate(cs))
+    for (source, key, i, c), v in zip(chunks, vectors, strict=True):
+        metadata = json.dumps(c.metadata, sort_keys=True).replace("\\u0000", "\\ufffd")  # jsonb refuses \u0000 too
+        yield (chunk_id(source, key, i), c.doc_id, source, key, _text(c.title), _text(c.heading), c.page, c.start, c.end,
+               c.n_tokens, _text(c.text), _text(c.embed_text), metadata, _vector(v))
+
+
+def _hit(row: dict[str, Any], rank: int, score: float, similarity: float | None = None) -> Hit:
+    return Hit(rank=rank, score=float(score), chunk_id=row["id"], doc_id=row["doc_id"], source=row["source"],
+               title=row["title"], heading=row["heading"], page=row["page"], start=row["start"], end=row["end"],
+               text=row["text"], metadata=row["metadata"], similarity=None if similarity is None else float(similarity))

@@ -1,0 +1,102 @@
+"""What the pgvector backend does beyond the conformance suite: table names, shared databases,
+LIKE escaping, the password's way in, connection errors, and the HNSW index at work."""
+
+import numpy as np
+import pytest
+
+from ragtune.config import StoreConfig
+from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.store import Filter, open_store, parse_filters
+from ragtune.store.pgvector import compile_filters, connect
+from tests.store.test_store_conformance import DIM, MODEL, MODEL_ID, chunks, commit, sources, vector
+
+
+@pytest.fixture
+def config(pgvector_url):
+    return StoreConfig(backend="pgvector", url=pgvector_url)
+
+
+def test_two_indexes_share_a_database_without_seeing_each_other(config, tmp_path):
+    a, b = open_store(config, tmp_path / "a" / "index"), open_store(config, tmp_path / "b" / "index")
+    assert a.prefix != b.prefix and a.prefix == open_store(config, tmp_path / "a" / "index").prefix
+    for store, name in [(a, "alpha"), (b, "beta")]:
+        store.ensure(MODEL, MODEL_ID, DIM)
+        commit(store, [(f"{name}.txt", "k1", chunks(f"{name}.txt", [f"The {name} file."]))])
+    assert sources(a.dense(vector("x"), 10)) == ["alpha.txt"] and sources(b.bm25("beta file", 10)) == ["beta.txt"]
+    named = StoreConfig(backend="pgvector", url=config.url, table="team_docs")
+    assert open_store(named, tmp_path / "c").prefix == open_store(named, tmp_path / "d").prefix == "team_docs"
+
+
+@pytest.mark.parametrize("table", ["Docs", "1docs", "docs; drop", "a" * 49])
+def test_a_table_name_outside_lowercase_identifiers_is_refused(table, tmp_path):
+    with pytest.raises(ConfigError, match=r"\[store\] table"):
+        open_store(StoreConfig(backend="pgvector", url="postgresql://u@h/db", table=table), tmp_path)
+
+
+def test_wildcards_are_the_only_pattern_characters(config, tmp_path):
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    files = [(s, "k", chunks(s, [f"Notes kept in {s}."])) for s in ["docs/a_b.md", "docs/axb.md", "docs/100%.md", "docs/1000.md"]]
+    commit(store, files)
+
+    def found(item):
+        return sorted(sources(store.dense(vector("x"), 10, parse_filters([item]))))
+
+    assert found("source=docs/a_b*") == ["docs/a_b.md"] and found("source=docs/100%*") == ["docs/100%.md"]
+    assert found("source=*%*") == ["docs/100%.md"] and found("source=docs/*") == sorted(s for s, _, _ in files)
+
+
+def test_filters_compile_to_bound_parameters_and_known_columns_only():
+    clauses, params = compile_filters((Filter("source", "docs/*"), Filter("page", "3"), Filter("meta.x'y", "1' OR '1'='1")))
+    assert clauses == ['"source" LIKE %(v0)s', '"page" = %(v1)s', "metadata ->> %(k2)s = %(v2)s"]
+    assert params == {"v0": "docs/%", "v1": 3, "k2": "x'y", "v2": "1' OR '1'='1"}
+    with pytest.raises(ConfigError, match="cannot filter on"):
+        compile_filters((Filter('source" OR 1=1 --', "x"),))
+
+
+@pytest.mark.parametrize("query, found", [("G-114", True), ("O'Brien's badge", True), ("badge & !office | (zebra", True),
+                                          ("office:* <-> '", True), ("\\ ( ! :", False), ("the of and", False)])
+def test_keyword_queries_are_words_never_tsquery_syntax(config, tmp_path, query, found):
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    commit(store, [("badge.md", "k", chunks("badge.md", ["The Badge Office is in room G-114; ask O'Brien."]))])
+    assert sources(store.bm25(query, 5)) == (["badge.md"] if found else [])  # stop words alone match nothing
+
+
+def test_an_index_that_does_not_exist_says_how_to_make_one(config, tmp_path):
+    with pytest.raises(WorkspaceError, match="ragtune ingest"):
+        open_store(config, tmp_path / "none").pin()
+
+
+def test_the_password_comes_from_the_environment_never_the_url(config, monkeypatch):
+    monkeypatch.setenv("RAGTUNE_PG_PASSWORD", "s3cret")
+    with connect(config) as conn:
+        assert conn.info.password == "s3cret"
+    with_password = StoreConfig(backend="pgvector", url=config.url.replace("ragtune@", "ragtune:hunter2@"))
+    with pytest.raises(ConfigError, match="RAGTUNE_PG_PASSWORD") as e:
+        connect(with_password)
+    assert "hunter2" not in str(e.value)
+
+
+def test_an_unreachable_server_is_one_clear_error(tmp_path):
+    store = open_store(StoreConfig(backend="pgvector", url="postgresql://ragtune@127.0.0.1:1/docs"), tmp_path)
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:1/docs.*\[store\] url"):
+        store.exists()
+    with pytest.raises(ConfigError, match="needs .store. url"):
+        open_store(StoreConfig(backend="pgvector"), tmp_path).exists()
+
+
+def test_dense_search_uses_the_hnsw_index_and_finds_the_exact_neighbours(config, tmp_path):
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    texts = [f"Line {i} of the long file." for i in range(300)]
+    commit(store, [("long.txt", "k", chunks("long.txt", texts))])
+    query = vector("a query").astype(np.float64)  # the server computes in double precision too
+    exact = sorted(texts, key=lambda t: -float(vector(t).astype(np.float64) @ query))
+    assert [h.text for h in store.dense(query, 5)] == exact[:5]
+    assert [h.text for h in store.dense(query, 2000)] == exact  # past ef_search's limit: an exact scan
+    with connect(config) as conn:
+        conn.execute("SET enable_seqscan = off")  # 300 rows: the planner would rather scan them all
+        plan = conn.execute(f"EXPLAIN SELECT id FROM {store.prefix}_chunks ORDER BY embedding <=> %s::vector LIMIT 5",
+                            ["[" + ",".join(["1"] * DIM) + "]"]).fetchall()
+    assert f"{store.prefix}_chunks_embedding_idx" in " ".join(r["QUERY PLAN"] for r in plan)
