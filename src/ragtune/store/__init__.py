@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from ragtune.errors import ConfigError
+from ragtune.errors import ConfigError, IndexMismatchError
 from ragtune.types import Chunk, Hit, IndexStats
 
 if TYPE_CHECKING:
@@ -71,6 +71,19 @@ def _filter(key: str, value: str) -> Filter:
     if not field.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"--filter {key!r}: metadata field names are letters, digits, '_' and '-'")
     return Filter(f"meta.{field}", value)
+
+
+def check_identity(meta: dict[str, Any], location: str, format_version: int, model_id: str) -> None:
+    """``IndexMismatchError`` unless the index whose identity is ``meta`` (at ``location``) has this
+    format and was built with the embedding model ``model_id``."""
+    if meta.get("format_version") != format_version:
+        raise IndexMismatchError(f"the index {location} has format {meta.get('format_version')}, this ragtune reads "
+                                 f"{format_version}: rebuild it with `ragtune index rebuild`")
+    if meta["model_id"] != model_id:
+        raise IndexMismatchError(
+            f"the index was built with embedding model {meta['model_id']}, but the workspace is set to {model_id}. "
+            "Vectors of different models cannot be mixed: set [embed] back in ragtune.toml, or rebuild the index "
+            "with the new model: `ragtune index rebuild` (cached embeddings are reused)")
 
 
 class Store(Protocol):

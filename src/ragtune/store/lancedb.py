@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.errors import IndexMismatchError, WorkspaceError
+from ragtune.errors import WorkspaceError
 from ragtune.files import write_json
-from ragtune.store import Filter, chunk_id
+from ragtune.store import Filter, check_identity, chunk_id
 from ragtune.types import Chunk, Hit, IndexStats
 
 FORMAT_VERSION = 1
@@ -107,15 +107,7 @@ class LanceStore:
         write_json(self.meta_path, meta)  # written last: an index without meta.json is not an index
 
     def check(self, model_id: str) -> None:
-        meta = self.require_meta()
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexMismatchError(f"the index at {self.path} has format {meta.get('format_version')}, this ragtune reads {FORMAT_VERSION}: "
-                                     "rebuild it with `ragtune index rebuild`")
-        if meta["model_id"] != model_id:
-            raise IndexMismatchError(
-                f"the index was built with embedding model {meta['model_id']}, but the workspace is set to {model_id}. "
-                "Vectors of different models cannot be mixed: set [embed] back in ragtune.toml, or rebuild the index "
-                "with the new model: `ragtune index rebuild` (cached embeddings are reused)")
+        check_identity(self.require_meta(), f"at {self.path}", FORMAT_VERSION, model_id)
 
     def require_meta(self) -> dict[str, Any]:
         meta = self.meta()

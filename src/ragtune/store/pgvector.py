@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ragtune.errors import ConfigError, IndexMismatchError, WorkspaceError
-from ragtune.store import COLUMN_FILTERS, Filter, chunk_id
+from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.store import COLUMN_FILTERS, Filter, check_identity, chunk_id
 from ragtune.types import Chunk, Hit, IndexStats
 
 if TYPE_CHECKING:
@@ -184,15 +184,7 @@ class PgVectorStore:
                               "in that database as its owner") from None
 
     def check(self, model_id: str) -> None:
-        meta = self.require_meta()
-        if meta["format_version"] != FORMAT_VERSION:
-            raise IndexMismatchError(f"the index in {self.location} has format {meta['format_version']}, this ragtune reads "
-                                     f"{FORMAT_VERSION}: rebuild it with `ragtune index rebuild`")
-        if meta["model_id"] != model_id:
-            raise IndexMismatchError(
-                f"the index was built with embedding model {meta['model_id']}, but the workspace is set to {model_id}. "
-                "Vectors of different models cannot be mixed: set [embed] back in ragtune.toml, or rebuild the index "
-                "with the new model: `ragtune index rebuild` (cached embeddings are reused)")
+        check_identity(self.require_meta(), f"in {self.location}", FORMAT_VERSION, model_id)
 
     def require_meta(self) -> dict[str, Any]:
         meta = self.meta()
