@@ -176,6 +176,14 @@ def postgres():
         user = pwd.getpwnam("postgres")
         os.chown(home, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
+        if subprocess.run([*as_user, "test", "-x", str(bindir / "initdb")]).returncode != 0:
+            # the wheel's binaries in a folder `postgres` cannot enter (a clone in a private temporary folder):
+            # a copy it can, with the libraries beside it that the binaries' RPATH names
+            package = bindir.parent.parent
+            for folder in (package, package.with_name(package.name + ".libs")):
+                if folder.is_dir():
+                    shutil.copytree(folder, home / "wheel" / folder.name, symlinks=True)
+            bindir = home / "wheel" / package.name / bindir.parent.name / "bin"
     port = free_port()
     data, log = home / "data", home / "server.log"
     try:

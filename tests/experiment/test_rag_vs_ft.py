@@ -187,8 +187,14 @@ def test_freshness_is_measured_on_edited_and_reingested_documents(comparison):
     fresh = state["steps"]["freshness"]
     assert fresh["questions"] == 4 and set(fresh["arms"]) == set(ARMS)
     for arm, f in fresh["arms"].items():
-        follows = sum(e["new"].lower() in a.lower() for e, a in zip(fresh["edits"], f["answers"]))
-        assert f["freshness"] == pytest.approx(follows / 4)
+        follows = [e["new"].lower() in a.lower() for e, a in zip(fresh["edits"], f["answers"])]
+        assert f["freshness"] == pytest.approx(sum(follows) / 4)
+        # among the questions the arm answered right before the change (from its evaluation run's predictions)
+        run = ws.state_dir / "runs" / state["steps"][f"evaluate {arm}"]["run"] / "predictions.jsonl"
+        right = {p["id"] for p in map(json.loads, run.read_text().splitlines()) if p["contains"]}
+        knew = [e["question"] in right for e in fresh["edits"]]
+        assert f["right_before"] == sum(knew)
+        assert f["freshness_of_right"] == (pytest.approx(sum(n for n, k in zip(follows, knew) if k) / sum(knew)) if any(knew) else None)
     index = ws.state_dir / "compare" / "c1" / "fresh" / "index"
     view = ws.with_config(ws.config.override("store", path=str(index.relative_to(ws.root))))
     text = " ".join(r["text"] for r in view.store.rows(["text"]))

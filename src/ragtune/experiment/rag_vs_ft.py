@@ -358,7 +358,8 @@ def run_compare(ws, qa: Path | None = None, *, docs: Path | None = None, demos: 
     views = {arm: _arm_view(ws, trained[arm]["model"] if arm in TRAINED else _base_model(ws)) for arm in ARMS}
     for arm in ARMS:
         step(f"evaluate {arm}", lambda arm=arm: _evaluate(views[arm], arm, split.test, test_path, compare_id, progress, track))
-    step("freshness", lambda: _freshness(ws, folder, split.test, views, trained, progress, log))
+    right = {arm: _answered_right(ws, state["steps"][f"evaluate {arm}"]["run"]) for arm in ARMS}
+    step("freshness", lambda: _freshness(ws, folder, split.test, views, right, progress, log))
     figures = arm_figures(state)
     state["recommendation"] = recommend(figures, cfg.margin)
     state["finished"] = state.get("finished") or utc_now()
@@ -487,7 +488,18 @@ def _footprint_mb(view, arm: str) -> float:
     return size / 2**20
 
 
-def _freshness(ws, folder: Path, test: list, views: dict, trained: dict, progress, log) -> dict[str, Any]:
+def _answered_right(ws, run_id: str | None) -> set[str]:
+    """Ids of the test questions an arm's evaluation run answered right (the answer holds a gold answer)."""
+    from ragtune.experiment.runs import RUNS_DIR
+    from ragtune.files import read_jsonl
+
+    path = ws.state_dir / RUNS_DIR / run_id / "predictions.jsonl" if run_id else None
+    if path is None or not path.is_file():
+        return set()
+    return {row["id"] for _, row in read_jsonl(path) if row.get("contains")}
+
+
+def _freshness(ws, folder: Path, test: list, views: dict, right: dict[str, set[str]], progress, log) -> dict[str, Any]:
     from ragtune.evaluate.answers import contains
     from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
 
@@ -511,8 +523,12 @@ def _freshness(ws, folder: Path, test: list, views: dict, trained: dict, progres
                                                            backend=view.config.generate.backend))
         result = evaluate_qa(items, workspace_answerer(view, "rag" if RETRIEVES[arm] else "closed-book"), progress=progress)
         answers = [p.prediction or "" for p in result.predictions]
-        out["arms"][arm] = {"freshness": result.metrics.get("contains", 0.0),
+        new = [contains(a, e.new) for a, e in zip(answers, edits)]
+        knew = [e.question in right.get(arm, ()) for e in edits]  # answered right before the change
+        out["arms"][arm] = {"freshness": sum(new) / len(edits),
                             "old_value": sum(contains(a, e.old) for a, e in zip(answers, edits)) / len(edits),
+                            "right_before": sum(knew),
+                            "freshness_of_right": sum(n for n, k in zip(new, knew) if k) / sum(knew) if any(knew) else None,
                             "answers": answers}
     return out
 
@@ -543,6 +559,7 @@ def arm_figures(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     "prompt_tokens": m.get("prompt_tokens_mean"), "completion_tokens": m.get("completion_tokens_mean"),
                     "latency_p50_ms": m.get("total_p50_ms"), "latency_p95_ms": m.get("total_p95_ms"),
                     "freshness": f["freshness"] if f else None, "old_value": f["old_value"] if f else None,
+                    "right_before": f.get("right_before") if f else None, "freshness_of_right": f.get("freshness_of_right") if f else None,
                     "fresh_questions": fresh.get("questions", 0), "forgetting_flagged": trained.get("forgetting_flagged"),
                     "train_s": trained.get("train_s"), "footprint_mb": ev.get("footprint_mb"), "run": ev.get("run")}
     return out
