@@ -358,8 +358,8 @@ def run_compare(ws, qa: Path | None = None, *, docs: Path | None = None, demos: 
     views = {arm: _arm_view(ws, trained[arm]["model"] if arm in TRAINED else _base_model(ws)) for arm in ARMS}
     for arm in ARMS:
         step(f"evaluate {arm}", lambda arm=arm: _evaluate(views[arm], arm, split.test, test_path, compare_id, progress, track))
-    right = {arm: _answered_right(ws, state["steps"][f"evaluate {arm}"]["run"]) for arm in ARMS}
-    step("freshness", lambda: _freshness(ws, folder, split.test, views, right, progress, log))
+    step("freshness", lambda: _freshness(ws, folder, split.test, views, {
+        arm: _answered_right(ws, state["steps"][f"evaluate {arm}"]["run"]) for arm in ARMS}, progress, log))
     figures = arm_figures(state)
     state["recommendation"] = recommend(figures, cfg.margin)
     state["finished"] = state.get("finished") or utc_now()

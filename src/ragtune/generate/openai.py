@@ -40,8 +40,8 @@ class OpenAIGenerator(Generator):
         return json.dumps(body).encode()
 
     def _open(self, messages: Messages, stream: bool, max_tokens: int, sampling: Sampling, extra: dict | None = None):
-        if self.json_object and extra and "json_schema" in extra.get("response_format", {}):
-            extra = {**extra, "response_format": {"type": "json_object", "schema": extra["response_format"]["json_schema"]["schema"]}}
+        if self.json_object and (schema := _asked_schema(extra)):
+            extra = {**extra, "response_format": {"type": "json_object", "schema": schema}}
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env)
         if key:
@@ -53,7 +53,7 @@ class OpenAIGenerator(Generator):
             except urllib.error.HTTPError as e:
                 detail = e.read(300).decode("utf-8", "replace").strip()
                 refused = e.code in (400, 422) or "response_format" in detail  # llama_cpp.server: 500 naming the field
-                if refused and not self.json_object and extra and "json_schema" in extra.get("response_format", {}):
+                if refused and not self.json_object and _asked_schema(extra):
                     try:  # llama-cpp-python's server knows {"type": "json_object", "schema": ...} only
                         self.json_object = True
                         return self._open(messages, stream, max_tokens, sampling, extra)
@@ -133,6 +133,12 @@ class OpenAIGenerator(Generator):
 def _reply_format(schema: dict | None) -> dict | None:
     """Structured output: endpoints that honour it (OpenAI, vLLM, llama.cpp's C++ server) constrain the reply."""
     return {"response_format": {"type": "json_schema", "json_schema": {"name": "reply", "strict": True, "schema": schema}}} if schema else None
+
+
+def _asked_schema(extra: dict | None) -> dict | None:
+    """The JSON schema a request asks for in OpenAI's ``json_schema`` reply format, if it does."""
+    fmt = (extra or {}).get("response_format") or {}
+    return fmt["json_schema"]["schema"] if fmt.get("type") == "json_schema" else None
 
 
 def _parse(data: str, url: str) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from ragtune.errors import ConfigError, IndexMismatchError
+from ragtune.errors import ConfigError, IndexMismatchError, WorkspaceError
 from ragtune.types import Chunk, Hit, IndexStats
 
 if TYPE_CHECKING:
@@ -71,6 +71,13 @@ def _filter(key: str, value: str) -> Filter:
     if not field.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"--filter {key!r}: metadata field names are letters, digits, '_' and '-'")
     return Filter(f"meta.{field}", value)
+
+
+def required(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """An index's identity (``meta``), or ``WorkspaceError`` when there is no index yet."""
+    if meta is None:
+        raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first")
+    return meta
 
 
 def check_identity(meta: dict[str, Any], location: str, format_version: int, model_id: str) -> None:

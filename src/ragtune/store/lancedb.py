@@ -23,7 +23,7 @@ import numpy as np
 
 from ragtune.errors import WorkspaceError
 from ragtune.files import write_json
-from ragtune.store import Filter, check_identity, chunk_id
+from ragtune.store import Filter, check_identity, chunk_id, required
 from ragtune.types import Chunk, Hit, IndexStats
 
 FORMAT_VERSION = 1
@@ -110,10 +110,7 @@ class LanceStore:
         check_identity(self.require_meta(), f"at {self.path}", FORMAT_VERSION, model_id)
 
     def require_meta(self) -> dict[str, Any]:
-        meta = self.meta()
-        if meta is None:
-            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first")
-        return meta
+        return required(self.meta())
 
     def drop(self) -> None:
         if self.meta_path.exists():

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ragtune.errors import ConfigError, WorkspaceError
-from ragtune.store import COLUMN_FILTERS, Filter, check_identity, chunk_id
+from ragtune.store import COLUMN_FILTERS, Filter, check_identity, chunk_id, required
 from ragtune.types import Chunk, Hit, IndexStats
 
 if TYPE_CHECKING:
@@ -187,10 +187,7 @@ class PgVectorStore:
         check_identity(self.require_meta(), f"in {self.location}", FORMAT_VERSION, model_id)
 
     def require_meta(self) -> dict[str, Any]:
-        meta = self.meta()
-        if meta is None:
-            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first")
-        return meta
+        return required(self.meta())
 
     def drop(self) -> None:
         import psycopg
