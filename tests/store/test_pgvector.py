@@ -64,8 +64,12 @@ def test_keyword_queries_are_words_never_tsquery_syntax(config, tmp_path, query,
 
 
 def test_an_index_that_does_not_exist_says_how_to_make_one(config, tmp_path):
-    with pytest.raises(WorkspaceError, match="ragtune ingest"):
-        open_store(config, tmp_path / "none").pin()
+    with pytest.raises(WorkspaceError, match=r"ragtune ingest.*named from this workspace's index path.*\[store\] table"):
+        open_store(config, tmp_path / "none").pin()  # e.g. a replica without [store] table: not the shared tables
+    named = StoreConfig(backend="pgvector", url=config.url, table="nobody_here")
+    with pytest.raises(WorkspaceError, match="ragtune ingest") as e:
+        open_store(named, tmp_path / "none").stats()
+    assert "[store] table" not in str(e.value)
 
 
 def test_the_password_comes_from_the_environment_never_the_url(config, monkeypatch):

@@ -73,10 +73,11 @@ def _filter(key: str, value: str) -> Filter:
     return Filter(f"meta.{field}", value)
 
 
-def required(meta: dict[str, Any] | None) -> dict[str, Any]:
-    """An index's identity (``meta``), or ``WorkspaceError`` when there is no index yet."""
+def required(meta: dict[str, Any] | None, hint: str = "") -> dict[str, Any]:
+    """An index's identity (``meta``), or ``WorkspaceError`` when there is no index yet (``hint``: what
+    the backend adds to that message)."""
     if meta is None:
-        raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first")
+        raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first" + hint)
     return meta
 
 

@@ -187,7 +187,14 @@ class PgVectorStore:
         check_identity(self.require_meta(), f"in {self.location}", FORMAT_VERSION, model_id)
 
     def require_meta(self) -> dict[str, Any]:
-        return required(self.meta())
+        return required(self.meta(), self._named_from_path)
+
+    @property
+    def _named_from_path(self) -> str:
+        """What a missing index's error adds when the tables are named from this workspace's path (a replica
+        without [store] table looks for tables of its own, not the shared ones)."""
+        return "" if self.config.table else (f" (tables {self.prefix}_* are named from this workspace's index path; "
+                                             "replicas that share one index set the same [store] table)")
 
     def drop(self) -> None:
         import psycopg
@@ -259,7 +266,7 @@ class PgVectorStore:
         except psycopg.errors.UndefinedTable:
             self._reader.rollback()
             self._pinned = None
-            raise WorkspaceError("the index is empty: run `ragtune ingest PATH` first") from None
+            required(None, self._named_from_path)  # raises: there is no index
 
     def _read(self, query: str, params: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
         """``query`` in the pinned snapshot (pinning the latest version first if there is none)."""
