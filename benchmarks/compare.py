@@ -107,7 +107,8 @@ def main() -> None:
         tr = state["steps"]["train"].get(arm, {})
         t.add_row(arm, f"{f['em']:.3f}", f"{f['f1']:.3f}", f"{f['contains']:.3f}", f"{f['prompt_tokens']:.0f}",
                   f"{f['latency_p50_ms'] / 1000:.2f}", "–" if f["freshness"] is None else f"{f['freshness']:.2f}"
-                  + ("" if f.get("freshness_of_right") is None else f" ({f['freshness_of_right']:.2f} of {f['right_before']} right)"),
+                  + ("" if f.get("freshness_of_right") is None else f" ({f['freshness_of_right']:.2f} of {f['right_before']} right)")
+                  + ("" if f.get("freshness_of_shown") is None else f" ({f['freshness_of_shown']:.2f} of {f['shown']} shown)"),
                   f"{tr['train_s']:.0f}" if tr else "–", f"{tr['tokens_per_s']:.0f}" if tr else "–",
                   "–" if f["forgetting_flagged"] is None else ("flagged" if f["forgetting_flagged"] else "ok"))
     console.print(t)

@@ -61,6 +61,16 @@ def test_changed_values_keep_the_shape_and_differ():
     assert changed_value("a to b", "s") is None
 
 
+def test_text_answers_become_another_answer_of_the_same_shape():
+    others = ["Warsaw", "Kraków", "wreath", "dysentery", "Marie Curie", "Warsaw Uprising", "1987", "the Vistula"]
+    assert changed_value("Wianki", "s", others) in {"Warsaw", "Kraków"}  # one capitalised word for one
+    assert changed_value("typhus", "s", others) in {"wreath", "dysentery"}
+    assert changed_value("Gdańsk", "s", others, avoid="from Kraków to Gdańsk") == "Warsaw"  # not a value the text has
+    assert changed_value("Pierre Curie", "s", others) != "Marie Curie"  # shares a word: invented words instead
+    assert changed_value("Pierre Curie", "s", others + ["Niels Bohr"]) in {"Niels Bohr", "Warsaw Uprising"}
+    assert changed_value("the Oder", "s", others) == "the Vistula"  # short words such as "the" may be shared
+
+
 @pytest.fixture(scope="module")
 def handbook_ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
@@ -199,6 +209,11 @@ def test_freshness_is_measured_on_edited_and_reingested_documents(comparison):
     view = ws.with_config(ws.config.override("store", path=str(index.relative_to(ws.root))))
     text = " ".join(r["text"] for r in view.store.rows(["text"]))
     assert all(e["new"] in text for e in fresh["edits"])
+    # the RAG arms count the prompts that held the edited passage: what the fresh index retrieves for the question
+    questions = {it.id: it.question for it in load_qa(ws.state_dir / "compare" / "c1" / "test.jsonl")}
+    retrieved = [any(e["new"] in h.text for h in view.search(questions[e["question"]], k=ws.config.retrieve.k)) for e in fresh["edits"]]
+    for arm, f in fresh["arms"].items():
+        assert f["shown"] == (sum(retrieved) if arm in ("rag", "ft+rag") else None)
 
 
 @pytest.mark.slow

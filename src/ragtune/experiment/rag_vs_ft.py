@@ -95,10 +95,13 @@ def split_questions(items: list, test_fraction: float, seed: int = 0) -> Split:
 SYLLABLES = ["ba", "ce", "di", "fo", "gu", "ka", "le", "mi", "no", "pu", "ra", "se", "ti", "vo", "zu", "lan", "mer", "tos", "vin", "dar"]
 
 
-def changed_value(answer: str, seed: str) -> str | None:
-    """A new value for ``answer``, fixed by ``seed``: its numbers get other digits (same length, no
-    leading zero added; the words around them, such as units, stay); an answer without numbers gets an
-    invented word of the same case for each word of four or more letters; None when nothing can change."""
+def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = (), avoid: str = "") -> str | None:
+    """A new value for ``answer``, fixed by ``seed``. Numbers get other digits (same length, no leading
+    zero added; the words around them, such as units, stay). Other answers become another answer of the
+    same shape from ``others`` (the question set's answers: same number of words, same capitals, no
+    digits) that shares no word of four or more letters with it and does not occur in ``avoid`` (the document's text), so the
+    new value reads like a real one; without such an answer, an invented word of the same case replaces
+    each word of four or more letters. None when nothing can change."""
     rng = random.Random(seed)
 
     def number(m: re.Match) -> str:
@@ -117,8 +120,28 @@ def changed_value(answer: str, seed: str) -> str | None:
             return new.upper()
         return new.capitalize() if old[0].isupper() else new
 
-    new = re.sub(r"\d+", number, answer) if re.search(r"\d", answer) else re.sub(r"[^\W\d_]{4,}", word, answer)
+    if re.search(r"\d", answer):
+        return re.sub(r"\d+", number, answer)
+    def long_words(value: str) -> set[str]:
+        return {w.casefold() for w in _WORD.findall(value) if len(w) >= 4}
+
+    alike = sorted({o.strip() for o in others if o.strip() and _shape(o.strip()) == _shape(answer)
+                    and not long_words(answer) & long_words(o) and not _occurrence(o.strip()).search(avoid)})
+    if alike:
+        return rng.choice(alike)
+    new = re.sub(r"[^\W\d_]{4,}", word, answer)
     return new if new != answer else None
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _shape(value: str) -> tuple:
+    """What makes two answers interchangeable: word count, capitals (none, first letters, all), digits."""
+    words = _WORD.findall(value)
+    caps = "all" if value.isupper() else "first" if words and all(w[0].isupper() for w in words) else \
+        "some" if any(w[0].isupper() for w in words) else "none"
+    return len(words), caps, bool(re.search(r"\d", value))
 
 
 @dataclass
@@ -130,10 +153,10 @@ class Edit:
     new: str
 
 
-def plan_edits(ws, test: list, n: int, seed: int) -> tuple[list[Edit], dict[str, int]]:
+def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str, ...] = ()) -> tuple[list[Edit], dict[str, int]]:
     """Up to ``n`` test questions whose answer occurs in their gold document's text, in a file type that
-    can be edited (text, markdown, HTML, JSON records), with the value each gets; the others counted
-    by reason."""
+    can be edited (text, markdown, HTML, JSON records), with the value each gets (``changed_value``, from
+    ``others``: the question set's answers); the others counted by reason."""
     from ragtune.evaluate.qa_eval import gold_doc
 
     sources: dict[str, str] = {}
@@ -160,7 +183,7 @@ def plan_edits(ws, test: list, n: int, seed: int) -> tuple[list[Edit], dict[str,
         if old is None:
             skipped["value_not_in_text"] += 1
             continue
-        new = changed_value(old, f"{seed}\0{it.id}")
+        new = changed_value(old, f"{seed}\0{it.id}", others, text)
         if new is None:
             skipped["unchangeable"] += 1
             continue
@@ -358,7 +381,7 @@ def run_compare(ws, qa: Path | None = None, *, docs: Path | None = None, demos: 
     views = {arm: _arm_view(ws, trained[arm]["model"] if arm in TRAINED else _base_model(ws)) for arm in ARMS}
     for arm in ARMS:
         step(f"evaluate {arm}", lambda arm=arm: _evaluate(views[arm], arm, split.test, test_path, compare_id, progress, track))
-    step("freshness", lambda: _freshness(ws, folder, split.test, views, {
+    step("freshness", lambda: _freshness(ws, folder, split.test, [a for it in items for a in it.answers], views, {
         arm: _answered_right(ws, state["steps"][f"evaluate {arm}"]["run"]) for arm in ARMS}, progress, log))
     figures = arm_figures(state)
     state["recommendation"] = recommend(figures, cfg.margin)
@@ -499,14 +522,15 @@ def _answered_right(ws, run_id: str | None) -> set[str]:
     return {row["id"] for _, row in read_jsonl(path) if row.get("contains")}
 
 
-def _freshness(ws, folder: Path, test: list, views: dict, right: dict[str, set[str]], progress, log) -> dict[str, Any]:
+def _freshness(ws, folder: Path, test: list, others: list[str], views: dict, right: dict[str, set[str]], progress,
+               log) -> dict[str, Any]:
     from ragtune.evaluate.answers import contains
     from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
 
     n = ws.config.compare.fresh_questions
     if n == 0:
         return {"questions": 0, "reason": "[compare] fresh_questions = 0"}
-    edits, skipped = plan_edits(ws, test, n, ws.config.compare.seed)
+    edits, skipped = plan_edits(ws, test, n, ws.config.compare.seed, others)
     files, edits = write_edited(ws, edits, folder / "edited")
     if not edits:
         log(f"freshness: no test answer could be changed in its document ({skipped}); not measured")
@@ -525,10 +549,13 @@ def _freshness(ws, folder: Path, test: list, views: dict, right: dict[str, set[s
         answers = [p.prediction or "" for p in result.predictions]
         new = [contains(a, e.new) for a, e in zip(answers, edits)]
         knew = [e.question in right.get(arm, ()) for e in edits]  # answered right before the change
+        shown = [e.new in (p.prompt or "") for p, e in zip(result.predictions, edits)]  # the edited passage was retrieved
         out["arms"][arm] = {"freshness": sum(new) / len(edits),
                             "old_value": sum(contains(a, e.old) for a, e in zip(answers, edits)) / len(edits),
                             "right_before": sum(knew),
                             "freshness_of_right": sum(n for n, k in zip(new, knew) if k) / sum(knew) if any(knew) else None,
+                            "shown": sum(shown) if RETRIEVES[arm] else None,
+                            "freshness_of_shown": sum(n for n, s in zip(new, shown) if s) / sum(shown) if RETRIEVES[arm] and any(shown) else None,
                             "answers": answers}
     return out
 
@@ -560,6 +587,7 @@ def arm_figures(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     "latency_p50_ms": m.get("total_p50_ms"), "latency_p95_ms": m.get("total_p95_ms"),
                     "freshness": f["freshness"] if f else None, "old_value": f["old_value"] if f else None,
                     "right_before": f.get("right_before") if f else None, "freshness_of_right": f.get("freshness_of_right") if f else None,
+                    "shown": f.get("shown") if f else None, "freshness_of_shown": f.get("freshness_of_shown") if f else None,
                     "fresh_questions": fresh.get("questions", 0), "forgetting_flagged": trained.get("forgetting_flagged"),
                     "train_s": trained.get("train_s"), "footprint_mb": ev.get("footprint_mb"), "run": ev.get("run")}
     return out
