@@ -142,7 +142,7 @@ def chunk_id(source: str, file_key: str, index: int) -> str:
 def _lancedb(config: StoreConfig, path: Path) -> Store:
     from ragtune.store.lancedb import LanceStore
 
-    return LanceStore(path)
+    return LanceStore(path, config)
 
 
 def _pgvector(config: StoreConfig, path: Path) -> Store:
