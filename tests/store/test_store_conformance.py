@@ -1,7 +1,7 @@
 """The store conformance suite: what every backend in ``ragtune.store.BACKENDS`` must do.
 
 A new backend is added to ``BACKENDS`` and must pass this file unchanged (one that needs a server
-names the fixture that starts it in ``SERVERS``). The tests use small
+names the fixture that starts it in ``SERVERS``; LanceDB on S3 runs it too, from ``PLACES``). The tests use small
 synthetic chunks and unit vectors (no embedding model): round trip, dense and keyword search,
 filters given as data, incremental re-ingest (a file's chunks replaced in one commit), deletion,
 model identity, a writer killed with SIGKILL mid-stream (only whole files survive, and writing
@@ -63,10 +63,13 @@ HANDBOOK = [
 
 
 SERVERS = {"pgvector": "pgvector_url"}  # backend -> the fixture giving its server's [store] url
+PLACES = {"lancedb-s3": "s3_config"}  # a backend elsewhere -> the fixture giving its [store] settings (a fresh place)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[*sorted(BACKENDS), *PLACES])
 def config(request) -> StoreConfig:
+    if request.param in PLACES:
+        return request.getfixturevalue(PLACES[request.param])
     url = request.getfixturevalue(SERVERS[request.param]) if request.param in SERVERS else ""
     return StoreConfig(backend=request.param, url=url)
 

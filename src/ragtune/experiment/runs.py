@@ -150,7 +150,7 @@ def environment(ws, arm: str) -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
     if arm != "closed-book":
         meta = ws.store.require_meta()
-        env.update(embedder=meta.get("model_id"), index_path=ws.config.store.path, index_version=ws.store.pinned_version)
+        env.update(embedder=meta.get("model_id"), index_path=ws.config.store.uri or ws.config.store.path, index_version=ws.store.pinned_version)
     if arm != "retrieval":
         from ragtune.generate import generator_sha256
 

@@ -173,7 +173,8 @@ class Indexes:
         if key not in self.views:
             self.views[key] = self._open(key, config)
         view, retriever = self.views[key]
-        return (view.with_config(apply(config, {"store.path": view.config.store.path, "store.table": view.config.store.table}, "sweep")),
+        store = {f"store.{k}": v for k, v in dataclasses.asdict(view.config.store).items()}  # the view's index
+        return (view.with_config(apply(config, store, "sweep")),
                 retriever.configured(config.retrieve))
 
     def _open(self, key: str, config: Config):
@@ -186,8 +187,11 @@ class Indexes:
         else:
             from ragtune.config import STATE_DIR
 
-            # store.table cleared: under pgvector this index gets tables of its own, named from its path
-            view = self.ws.with_config(apply(config, {"store.path": f"{STATE_DIR}/indexes/{key}", "store.table": ""}, "sweep"))
+            # an index of its own: under pgvector tables named from its path (store.table cleared), on object
+            # storage a prefix under the workspace index's
+            uri = config.store.uri and f"{config.store.uri.rstrip('/')}/indexes/{key}"
+            view = self.ws.with_config(apply(config, {"store.path": f"{STATE_DIR}/indexes/{key}", "store.table": "",
+                                                      "store.uri": uri}, "sweep"))
             report = view.ingest(None, progress=self.progress)  # the workspace's ingested paths; cached embeddings reused
             self.ingests[key] = report
             self.log(f"index {key}: {report.chunks_written} chunks written, {report.chunks_embedded} embedded (the rest from cache)")

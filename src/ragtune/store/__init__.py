@@ -1,5 +1,6 @@
-"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default;
-pgvector keeps them in a PostgreSQL server that several workspaces and machines can share.
+"""Stores hold chunks, their vectors and a keyword index. LanceDB is the embedded default, in a
+local folder or in an S3 bucket (``[store] uri``); pgvector keeps them in a PostgreSQL server.
+Both a bucket and a server let several workspaces and machines share one index.
 
 A backend implements ``Store`` (below) and passes the conformance suite in
 ``tests/store/test_store_conformance.py``; adding one is a module and an entry in ``BACKENDS``.
@@ -143,7 +144,7 @@ def chunk_id(source: str, file_key: str, index: int) -> str:
 def _lancedb(config: StoreConfig, path: Path) -> Store:
     from ragtune.store.lancedb import LanceStore
 
-    return LanceStore(path)
+    return LanceStore(path, config)
 
 
 def _pgvector(config: StoreConfig, path: Path) -> Store:

@@ -9,6 +9,9 @@ Searches pin the latest committed version for their whole duration; dense search
 in-memory copy of that version's vectors (exact dot product, well under a millisecond for
 tens of thousands of chunks), BM25 on Lance's inverted index. Filters (``store.Filter``) are
 compiled into Lance's SQL here (``where``).
+
+The index is a local folder (``[store] path``) or an object-storage prefix (``[store] uri``,
+``s3://bucket/prefix``; see ``store.objects``) with the same layout: the table and ``meta.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +29,12 @@ from ragtune.files import write_json
 from ragtune.store import Filter, check_identity, chunk_id, required
 from ragtune.types import Chunk, Hit, IndexStats
 
+if TYPE_CHECKING:
+    from ragtune.config import StoreConfig
+
 FORMAT_VERSION = 1
 TABLE = "chunks"
+META = "meta.json"
 FTS_COLUMN = "search_text"
 HIT_COLUMNS = ["id", "doc_id", "source", "title", "heading", "page", "start", "end", "text", "metadata"]
 IN_MEMORY_MAX_ROWS = 500_000  # above this, dense search goes to Lance instead of a numpy copy
@@ -69,8 +76,12 @@ def _predicate(f: Filter) -> str:
 
 
 class LanceStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, config: StoreConfig | None = None) -> None:
+        from ragtune.store.objects import S3Place
+
         self.path = path
+        self.s3 = S3Place.from_config(config) if config is not None and config.uri else None  # None: a local folder
+        self.location = self.s3.uri if self.s3 else str(path)
         self._db = None
         self._latest = None  # table handle following the latest commit
         self._view = None  # table pinned at a version, for searching
@@ -79,17 +90,14 @@ class LanceStore:
         self._matrix: np.ndarray | None = None
 
     # -- identity ---------------------------------------------------------------------------
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
-
     def meta(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.meta_path.read_text())
+            text = self.s3.read_text(META) if self.s3 else (self.path / META).read_text()
+            return None if text is None else json.loads(text)
         except FileNotFoundError:
             return None
         except ValueError:
-            raise WorkspaceError(f"{self.meta_path} is damaged; rebuild with `ragtune index rebuild`") from None
+            raise WorkspaceError(f"{self.location}/{META} is damaged; rebuild with `ragtune index rebuild`") from None
 
     def exists(self) -> bool:
         return self.meta() is not None
@@ -100,22 +108,33 @@ class LanceStore:
         if meta is not None:
             self.check(model_id)
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.s3:
+            self.s3.require_bucket()
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.db().create_table(TABLE, schema=schema(dim), exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "embed_model": model, "model_id": model_id, "dim": dim,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json(self.meta_path, meta)  # written last: an index without meta.json is not an index
+        # written last: an index without meta.json is not an index
+        if self.s3:
+            self.s3.write_text(META, json.dumps(meta, indent=2))  # one PUT: whole or absent
+        else:
+            write_json(self.path / META, meta)
 
     def check(self, model_id: str) -> None:
-        check_identity(self.require_meta(), f"at {self.path}", FORMAT_VERSION, model_id)
+        check_identity(self.require_meta(), f"at {self.location}", FORMAT_VERSION, model_id)
 
     def require_meta(self) -> dict[str, Any]:
         return required(self.meta())
 
     def drop(self) -> None:
-        if self.meta_path.exists():
-            self.meta_path.unlink()
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove the index: meta.json first (what is left is no index), then the table."""
+        if self.s3:  # only the index's own objects: other indexes may live under the prefix
+            self.s3.delete(META)
+            self.db().drop_table(TABLE, ignore_missing=True)
+        else:
+            (self.path / META).unlink(missing_ok=True)
+            shutil.rmtree(self.path, ignore_errors=True)
         self._db = self._view = self._latest = None
         self._view_version = -1
 
@@ -125,7 +144,8 @@ class LanceStore:
             import lancedb
             from datetime import timedelta
 
-            self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+            self._db = lancedb.connect(self.location, read_consistency_interval=timedelta(0),
+                                       storage_options=self.s3.storage_options() if self.s3 else None)
         return self._db
 
     def table(self):
@@ -260,7 +280,7 @@ class LanceStore:
         return IndexStats(documents=len(set(zip(cols["source"].to_pylist(), cols["doc_id"].to_pylist()))),
                           sources=len(set(cols["source"].to_pylist())), chunks=cols.num_rows,
                           model=meta["embed_model"], model_id=meta["model_id"], dim=meta["dim"],
-                          index_version=t.version, format_version=meta["format_version"], path=str(self.path))
+                          index_version=t.version, format_version=meta["format_version"], path=self.location)
 
 
 def _scan(table, columns: list[str]):
