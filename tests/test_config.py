@@ -52,6 +52,8 @@ def test_missing_workspace_says_how_to_create_one(tmp_path, monkeypatch):
     ({"ingest": {"chunk_tokens": 0}}, "chunk_tokens = 0 must be greater than 0"),
     ({"ingest": {"chunk_tokens": 100, "chunk_overlap": 60}}, "chunk_overlap = 60 must be less than half"),
     ({"embed": {"backend": "cuda"}}, "choose one of: torch, onnx, onnx-int8"),
+    ({"ingest": {"engine": "spark"}}, "[ingest] engine = 'spark' is not valid; choose one of: local, ray"),
+    ({"ingest": {"ray_actors": -2}}, "ray_actors = -2 must be 0 or more"),
     ({"generation": {}}, "unknown section [generation]"),
     ({"generate": {"backend": "vllm"}}, "choose one of: llamacpp, transformers, openai"),
     ({"store": {"uri": "gs://bucket/x"}}, "uri = 'gs://bucket/x': use s3://BUCKET/PREFIX (object storage), or leave it empty"),

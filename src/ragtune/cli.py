@@ -67,13 +67,19 @@ def init(folder: Annotated[Path, typer.Argument(help="Folder for the workspace (
 @app.command()
 def ingest(paths: Annotated[Optional[list[Path]], typer.Argument(help="Files or folders. None: refresh everything ingested before.", show_default=False)] = None,
            include: Annotated[Optional[list[str]], typer.Option("--include", help="Glob of files to take from folders (repeatable).", show_default=False)] = None,
-           exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of files to skip (repeatable, added to [ingest] exclude).", show_default=False)] = None,
+           exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of files to skip (repeatable, added to \\[ingest] exclude).", show_default=False)] = None,
+           ray: Annotated[Optional[bool], typer.Option("--ray/--local", help="Load, chunk and embed on a Ray cluster's workers / in this process (default: \\[ingest] engine).", show_default=False)] = None,
+           ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster (implies --ray): auto, local, HOST:PORT or ray://HOST:PORT (default: \\[ingest] ray_address).", show_default=False)] = None,
+           ray_actors: Annotated[Optional[int], typer.Option("--ray-actors", help="Embedding actors on the cluster (implies --ray); 0 = one per CPU (default: \\[ingest] ray_actors).", show_default=False)] = None,
            workspace: WorkspaceOpt = None) -> None:
     """Load, chunk, embed and index files; only new or changed files are processed."""
     ws = _workspace(workspace)
     if include or exclude:
         ws.config = ws.config.override("ingest", include=include or None,
                                        exclude=(ws.config.ingest.exclude + exclude) if exclude else None)
+    if ray is not None or ray_address is not None or ray_actors is not None:
+        engine = "local" if ray is False else "ray"
+        ws.config = ws.config.override("ingest", engine=engine, ray_address=ray_address, ray_actors=ray_actors)
     with RichProgress() as progress:
         report = ws.ingest(paths, progress=progress)
     _print_report(report)
@@ -1089,6 +1095,8 @@ def _print_report(report) -> None:
             f"removed {len(report.removed)} · {report.chunks_written} chunks written "
             f"({report.chunks_embedded} embedded, the rest from cache) · {report.seconds:.1f}s"
             + (f" · index version {report.index_version}" if report.index_version is not None else ""))
+    if report.engine != "local":
+        c.print(f"  on {escape(report.engine)}", soft_wrap=True)
     for p in report.problems:
         mark = "[red]✗[/]" if p.severity == "error" else "[yellow]![/]"
         c.print(f"  {mark} {escape(p.path)}: {escape(p.reason)}", soft_wrap=True)

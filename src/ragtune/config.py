@@ -27,6 +27,7 @@ RetrieveMode = Literal["dense", "bm25", "hybrid"]
 GenerateBackend = Literal["llamacpp", "transformers", "openai"]
 StoreBackend = Literal["lancedb", "pgvector"]
 AgentCalls = Literal["json", "native"]
+IngestEngine = Literal["local", "ray"]
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -49,6 +50,9 @@ class IngestConfig:
     record_title_field: str = _f("title", "JSON/JSONL records: field with the title (optional in each record).")
     record_text_field: str = _f("text", "JSON/JSONL records: field with the body text (required in each record).")
     record_metadata_fields: list[str] = _f([], "JSON/JSONL records: fields kept as metadata; empty = every other scalar field.")
+    engine: IngestEngine = _f("local", "local = load, chunk and embed in this process; ray = on a Ray cluster's workers, committed here (pip install 'ragtune[ray]'; docs/scale.md).")
+    ray_address: str = _f("auto", "ray: the cluster: auto = $RAY_ADDRESS or the one `ray start` began on this machine; local = a private one for this run; HOST:PORT; ray://HOST:PORT.")
+    ray_actors: int = _f(0, "ray: embedding actors, each loading the model once and taking [embed] threads CPUs (at least 1); 0 = as many as the cluster's CPUs allow.")
 
 
 @dataclass
@@ -299,7 +303,7 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
 
 
 _POSITIVE = {"epochs", "check_max_tokens", "learning_rate", "grad_accum", "max_length", "lora_r", "lora_alpha", "checkpoint_steps", "chunk_tokens", "commit_chunks", "context_tokens", "context_size", "max_tokens", "timeout_s", "top_p", "max_file_mb", "batch_size", "k", "candidates", "rrf_k", "port", "max_body_kb", "max_steps"}
-_NON_NEGATIVE = {"fresh_questions", "margin", "forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "dense_weight", "bm25_weight", "temperature", "retries"}
+_NON_NEGATIVE = {"fresh_questions", "margin", "forgetting_threshold", "check_answers", "warmup_ratio", "weight_decay", "lora_dropout", "eval_fraction", "early_stopping", "chunk_overlap", "threads", "ray_actors", "dense_weight", "bm25_weight", "temperature", "retries"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

@@ -105,6 +105,7 @@ class IngestReport:
     chunks_embedded: int = 0  # chunks whose vectors were computed (not taken from the cache)
     seconds: float = 0.0
     index_version: int | None = None
+    engine: str = "local"  # where loading, chunking and embedding ran (e.g. "ray at HOST:PORT: 2 node(s), ...")
 
     @property
     def errors(self) -> list[Problem]:

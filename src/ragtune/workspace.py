@@ -96,10 +96,22 @@ class Workspace:
         paths = [Path(p).expanduser().resolve() for p in paths] if paths else [Path(p) for p in roots]
         if not paths:
             raise WorkspaceError("nothing to ingest: give files or folders, e.g. `ragtune ingest docs/`")
-        report = ingest(paths, store=self.store, embedder=self.embedder, cache=self.cache,
-                        cfg=self.config.ingest, root=self.root, progress=progress)
+        with self._ingest_engine() as engine:
+            report = ingest(paths, store=self.store, embedder=self.embedder, cache=self.cache,
+                            cfg=self.config.ingest, root=self.root, progress=progress, engine=engine)
         self._save_roots(roots + [str(p) for p in paths if p.exists() and str(p) not in roots])
         return report
+
+    def _ingest_engine(self):
+        """[ingest] engine as a context manager: None (the pipeline's local engine) or a ``RayEngine``."""
+        from contextlib import nullcontext
+
+        cfg = self.config.ingest
+        if cfg.engine == "local":
+            return nullcontext()
+        from ragtune.ingest.ray_engine import RayEngine
+
+        return RayEngine(self.embedder, cfg.ray_address, cfg.ray_actors, self.config.embed.threads)
 
     @property
     def retriever(self):

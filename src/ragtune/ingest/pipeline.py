@@ -5,6 +5,11 @@ A file's key is the hash of its bytes and of every setting that shapes its chunk
 key means nothing to do. Files are loaded and chunked, then committed in batches (whole files
 only), each batch one atomic store commit. Embeddings go through the cache first, so a rerun
 after a crash neither duplicates chunks nor re-embeds text.
+
+Loading, chunking and embedding run on an engine: ``LocalEngine`` in this process, or
+``RayEngine`` (``ray_engine.py``) on a Ray cluster's workers. This module alone decides which
+files are loaded, which texts go into which embedding call and what is committed when, so both
+engines store the same chunks and vectors.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
 
 from ragtune.config import IngestConfig
-from ragtune.embed.cache import EmbeddingCache, embed_cached
+from ragtune.embed.cache import EmbeddingCache, text_key
 from ragtune.errors import LoadError
 from ragtune.ingest.chunker import chunk_document
 from ragtune.ingest.loaders import file_type, load_file
@@ -27,26 +35,110 @@ from ragtune.progress import Progress, Quiet
 from ragtune.types import Chunk, IngestReport, Problem
 
 LOADER_VERSION = 1  # bump when loaders or the chunker change what they produce
-EMBED_STEP = 256  # texts per embedding call (and cache write)
+EMBED_STEP = 256  # most texts per embedding call (and cache write)
+ENGINE_SETTINGS = ("engine", "ray_address", "ray_actors")  # where the work runs, not what it produces
 
 
 @dataclass
-class _File:
+class SourceFile:
+    """A file to (re)ingest: where it is, its name in the index and its key."""
+
     path: Path
     source: str
     key: str
 
 
+@dataclass
+class Prepared:
+    """One file loaded and chunked; ``chunks`` is None when it could not be loaded (``problems`` say why)."""
+
+    file: SourceFile
+    chunks: list[Chunk] | None
+    problems: list[Problem]
+
+
+class Pending(Protocol):
+    """Vectors on their way: one array per embedding call asked for."""
+
+    def ready(self) -> bool: ...
+    def result(self) -> list[np.ndarray]: ...
+
+
+class Engine(Protocol):
+    """Where loading, chunking and embedding run. ``prepare`` yields the files in the order given;
+    ``capacity``: embedding calls that may be outstanding before the oldest batch is waited for;
+    ``description``: where it ran, for the report."""
+
+    capacity: int
+    description: str
+
+    def prepare(self, files: list[SourceFile], cfg: IngestConfig, tokenizer, max_tokens: int) -> Iterator[Prepared]: ...
+    def embed(self, calls: list[list[str]]) -> Pending: ...
+
+
+@dataclass
+class _Done:
+    vectors: list[np.ndarray]
+
+    def ready(self) -> bool:
+        return True
+
+    def result(self) -> list[np.ndarray]:
+        return self.vectors
+
+
+class LocalEngine:
+    """Everything in this process, one file after another; each batch is committed before the next."""
+
+    capacity = 0
+    description = "local"
+
+    def __init__(self, embedder) -> None:
+        self.embedder = embedder
+
+    def prepare(self, files: list[SourceFile], cfg: IngestConfig, tokenizer, max_tokens: int) -> Iterator[Prepared]:
+        return (prepare(f, cfg, tokenizer, max_tokens) for f in files)
+
+    def embed(self, calls: list[list[str]]) -> Pending:
+        return _Done([self.embedder.embed(texts) for texts in calls])
+
+
 def ingest(paths: Iterable[Path], *, store, embedder, cache: EmbeddingCache | None, cfg: IngestConfig,
-           root: Path, progress: Progress | None = None) -> IngestReport:
+           root: Path, progress: Progress | None = None, engine: Engine | None = None) -> IngestReport:
     progress = progress or Quiet()
+    engine = engine or LocalEngine(embedder)
+    cache = cache or EmbeddingCache(Path(":memory:"))  # no cache kept: one for this run's own vectors
     report = IngestReport()
     t0 = time.perf_counter()
     store.ensure(embedder.name, embedder.model_id, embedder.dim)
     files, folders = _discover(list(paths), cfg, root, report)
     known = store.file_keys()
-    settings = _settings_key(cfg)
-    todo: list[_File] = []
+    todo = _changed(files, known, _settings_key(cfg), report)
+    gone = sorted(s for s in known if any(_under(s, f) for f in folders) and s not in {src for _, src in files})
+    if gone:
+        report.index_version = store.delete_sources(gone)
+        report.removed = gone
+    progress.start(len(todo))
+    prepared = engine.prepare(todo, cfg, embedder.tokenizer, min(cfg.chunk_tokens, embedder.max_tokens))
+    vectors = _Vectors(engine, cache, embedder.model_id, embedder.dim)
+    waiting: deque[_Batch] = deque()
+    for batch in _batches(prepared, cfg.commit_chunks, known, report, progress):
+        waiting.append(vectors.submit(batch))
+        # commit in order: the oldest batch as soon as its vectors are in, or when too much is outstanding
+        while waiting and (waiting[0].pending.ready() or sum(len(b.calls) for b in waiting) > engine.capacity):
+            _commit(waiting.popleft(), vectors, store, known, report, progress)
+    while waiting:
+        _commit(waiting.popleft(), vectors, store, known, report, progress)
+    if report.added or report.updated or report.removed:
+        report.index_version = store.finalize()
+    report.seconds = time.perf_counter() - t0
+    report.engine = engine.description
+    return report
+
+
+def _changed(files: list[tuple[Path, str]], known: dict[str, str], settings: str, report: IngestReport) -> list[SourceFile]:
+    """The files whose key differs from the committed one (new or changed); the rest are unchanged."""
+    todo = []
     for path, source in files:
         try:
             key = _file_key(path, settings)
@@ -56,29 +148,8 @@ def ingest(paths: Iterable[Path], *, store, embedder, cache: EmbeddingCache | No
         if known.get(source) == key:
             report.unchanged.append(source)
         else:
-            todo.append(_File(path, source, key))
-    gone = sorted(s for s in known if any(_under(s, f) for f in folders) and s not in {src for _, src in files})
-    if gone:
-        report.index_version = store.delete_sources(gone)
-        report.removed = gone
-    progress.start(len(todo))
-    batch: list[tuple[_File, list[Chunk]]] = []
-    for f in todo:
-        chunks = _load_and_chunk(f, cfg, embedder, report)
-        progress.file_done(f.source, len(chunks or []))
-        if chunks is None:
-            continue
-        (report.updated if f.source in known else report.added).append(f.source)
-        batch.append((f, chunks))
-        if sum(len(c) for _, c in batch) >= cfg.commit_chunks:
-            _commit(batch, store, embedder, cache, known, report, progress)
-            batch = []
-    if batch:
-        _commit(batch, store, embedder, cache, known, report, progress)
-    if report.added or report.updated or report.removed:
-        report.index_version = store.finalize()
-    report.seconds = time.perf_counter() - t0
-    return report
+            todo.append(SourceFile(path, source, key))
+    return todo
 
 
 def _discover(paths: list[Path], cfg: IngestConfig, root: Path, report: IngestReport) -> tuple[list[tuple[Path, str]], list[str]]:
@@ -130,7 +201,8 @@ def _selected(rel: str, path: Path, cfg: IngestConfig) -> bool:
 
 
 def _settings_key(cfg: IngestConfig) -> str:
-    shaping = {k: v for k, v in asdict(cfg).items() if k not in ("include", "exclude", "max_file_mb", "commit_chunks")}
+    ignored = ("include", "exclude", "max_file_mb", "commit_chunks", *ENGINE_SETTINGS)
+    shaping = {k: v for k, v in asdict(cfg).items() if k not in ignored}
     return json.dumps({"loader": LOADER_VERSION, **shaping}, sort_keys=True)
 
 
@@ -142,29 +214,80 @@ def _file_key(path: Path, settings: str) -> str:
     return h.hexdigest()[:32]
 
 
-def _load_and_chunk(f: _File, cfg: IngestConfig, embedder, report: IngestReport) -> list[Chunk] | None:
+def prepare(f: SourceFile, cfg: IngestConfig, tokenizer, max_tokens: int) -> Prepared:
+    """Load and chunk one file (a stage: runs wherever the engine puts it)."""
     try:
         loaded = load_file(f.path, f.source, cfg)
     except LoadError as e:
-        report.problems.append(Problem(f.source, str(e)))
-        return None
-    report.problems += [Problem(f.source, w, "warning") for w in loaded.warnings]
-    max_tokens = min(cfg.chunk_tokens, embedder.max_tokens)
-    return [c for doc in loaded.documents for c in chunk_document(doc, embedder.tokenizer, max_tokens, cfg.chunk_overlap)]
+        return Prepared(f, None, [Problem(f.source, str(e))])
+    chunks = [c for doc in loaded.documents for c in chunk_document(doc, tokenizer, max_tokens, cfg.chunk_overlap)]
+    return Prepared(f, chunks, [Problem(f.source, w, "warning") for w in loaded.warnings])
 
 
-def _commit(batch, store, embedder, cache, known: dict[str, str], report: IngestReport, progress: Progress) -> None:
-    import numpy as np
+def _batches(prepared: Iterable[Prepared], commit_chunks: int, known: dict[str, str], report: IngestReport,
+             progress: Progress) -> Iterator[list[Prepared]]:
+    """Loaded files in commit batches of whole files (at least ``commit_chunks`` chunks, but the last)."""
+    batch: list[Prepared] = []
+    size = 0
+    for p in prepared:
+        report.problems += p.problems
+        progress.file_done(p.file.source, len(p.chunks or []))
+        if p.chunks is None:
+            continue
+        (report.updated if p.file.source in known else report.added).append(p.file.source)
+        batch.append(p)
+        size += len(p.chunks)
+        if size >= commit_chunks:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
-    chunks = [c for _, cs in batch for c in cs]
-    texts = [c.embed_text for c in chunks]
-    parts = []
-    for i in range(0, len(texts), EMBED_STEP):
-        vectors, computed = embed_cached(embedder, cache, texts[i:i + EMBED_STEP])
-        parts.append(vectors)
-        report.chunks_embedded += computed
-        progress.embedded(len(vectors))
-    files = [(f.source, f.key, cs) for f, cs in batch]
-    replaced = {f.source for f, _ in batch if f.source in known}
-    report.index_version = store.commit(files, np.concatenate(parts), replaced)
-    report.chunks_written += len(chunks)
+
+@dataclass
+class _Batch:
+    files: list[Prepared]
+    keys: list[bytes]  # cache key of each chunk's text, in order
+    calls: list[list[bytes]]  # the keys this batch embeds, one list per embedding call
+    pending: Pending
+
+
+class _Vectors:
+    """A batch's texts in steps of ``EMBED_STEP``; one embedding call per step for its texts that are
+    neither cached nor already on their way for an earlier batch. The calls are the same whatever the
+    engine and however many batches are outstanding, so the vectors are too (int8 models quantise
+    each call's activations as a whole: the same text in another call gets a slightly other vector)."""
+
+    def __init__(self, engine: Engine, cache: EmbeddingCache, model_id: str, dim: int) -> None:
+        self.engine, self.cache, self.model_id, self.dim = engine, cache, model_id, dim
+        self.asked: set[bytes] = set()  # keys embedded, or being embedded, by this run
+
+    def submit(self, files: list[Prepared]) -> _Batch:
+        texts = [c.embed_text for p in files for c in p.chunks or []]
+        keys = [text_key(t) for t in texts]
+        cached = self.cache.get(self.model_id, list(set(keys)))
+        calls: list[dict[bytes, str]] = []
+        for i in range(0, len(texts), EMBED_STEP):
+            call = {k: t for k, t in zip(keys[i:i + EMBED_STEP], texts[i:i + EMBED_STEP]) if k not in cached and k not in self.asked}
+            self.asked.update(call)
+            if call:
+                calls.append(call)
+        return _Batch(files, keys, [list(c) for c in calls], self.engine.embed([list(c.values()) for c in calls]))
+
+    def collect(self, batch: _Batch) -> tuple[np.ndarray, int]:
+        """The batch's vectors, in chunk order, and how many it computed; those go to the cache first."""
+        fresh = {k: v for keys, vectors in zip(batch.calls, batch.pending.result()) for k, v in zip(keys, vectors)}
+        self.cache.put(self.model_id, fresh)
+        found = {**self.cache.get(self.model_id, list(set(batch.keys) - fresh.keys())), **fresh}
+        vectors = np.stack([found[k] for k in batch.keys]) if batch.keys else np.zeros((0, self.dim), np.float32)
+        return vectors, len(fresh)
+
+
+def _commit(batch: _Batch, vectors: _Vectors, store, known: dict[str, str], report: IngestReport, progress: Progress) -> None:
+    matrix, computed = vectors.collect(batch)
+    report.chunks_embedded += computed
+    progress.embedded(len(batch.keys))
+    files = [(p.file.source, p.file.key, p.chunks) for p in batch.files]
+    replaced = {p.file.source for p in batch.files if p.file.source in known}
+    report.index_version = store.commit(files, matrix, replaced)
+    report.chunks_written += len(batch.keys)
