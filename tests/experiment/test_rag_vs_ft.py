@@ -54,7 +54,7 @@ def test_questions_without_answers_or_too_few_to_split_are_refused():
 def test_changed_values_keep_the_shape_and_differ():
     assert changed_value("240 credits", "s").endswith(" credits") and changed_value("240 credits", "s") != "240 credits"
     day, month, year = changed_value("9 October 1987", "s").split()  # the numbers change, the words around them stay
-    assert month == "October" and day != "9" and len(year) == 4 and year[0] != "0" and year != "1987"
+    assert month == "October" and day != "9" and 3 <= abs(int(year) - 1987) <= 40  # a year stays a plausible year
     assert changed_value("KRO-Skyline", "s").startswith("KRO-")  # short capitals stay, words change
     assert changed_value("Cornelius Vantreight", "s") == changed_value("Cornelius Vantreight", "s")  # fixed by the seed
     assert changed_value("Cornelius Vantreight", "s") != changed_value("Cornelius Vantreight", "t")

@@ -97,7 +97,7 @@ SYLLABLES = ["ba", "ce", "di", "fo", "gu", "ka", "le", "mi", "no", "pu", "ra", "
 
 def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = (), avoid: str = "") -> str | None:
     """A new value for ``answer``, fixed by ``seed``. Numbers get other digits (same length, no leading
-    zero added; the words around them, such as units, stay). Other answers become another answer of the
+    zero added; a year becomes another year 3 to 40 away; the words around them, such as units, stay). Other answers become another answer of the
     same shape from ``others`` (the question set's answers: same number of words, same capitals, no
     digits) that shares no word of four or more letters with it and does not occur in ``avoid`` (the document's text), so the
     new value reads like a real one; without such an answer, an invented word of the same case replaces
@@ -106,6 +106,8 @@ def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = 
 
     def number(m: re.Match) -> str:
         old = m.group()
+        if len(old) == 4 and 1000 <= int(old) <= 2099:  # a year: another year a few decades away, not 5617
+            return str(int(old) + rng.choice([-1, 1]) * rng.randint(3, 40))
         while True:
             new = "".join(rng.choice("0123456789" if i or len(old) == 1 else "123456789") for i in range(len(old)))
             if new != old:
