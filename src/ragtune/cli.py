@@ -196,7 +196,7 @@ def print_steps(answer, console, show_steps: bool, show_prompt: bool) -> None:
             where = " › ".join(p for p in (h.source, h.heading) if p)
             console.print(f"  [cyan][{s.number}][/] [green]{escape(where)}[/]  [dim]{escape(' '.join(h.text.split())[:120])}…[/]")
     u = answer.usage
-    ended = "answered" if answer.stopped == "answer" else "stopped by the step budget"
+    ended = {"answer": "answered", "repeat": "a call was repeated: answered"}.get(answer.stopped, "stopped by the step budget")
     console.print(f"[dim]{answer.generator} · {u['steps']} steps, {u['tool_calls']} tool calls, {u['invalid_actions']} invalid · "
                   f"{u['prompt_tokens']} prompt + {u['completion_tokens']} reply tokens · {answer.timings['total_s']:.2f} s · {ended}[/]")
 

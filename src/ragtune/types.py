@@ -171,7 +171,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     citation_method: str = "model"  # "model": [n] in the text; "overlap": attributed by shared words
     steps: list[Step] = field(default_factory=list)  # an agent's model calls (empty for the chain)
-    stopped: str | None = None  # an agent's end: "answer", or "budget" when the step budget forced the answer
+    stopped: str | None = None  # an agent's end: "answer", "budget" (the step budget forced the answer), "repeat" (a repeated call did)
 
     def to_dict(self) -> dict[str, Any]:
         return {

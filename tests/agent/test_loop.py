@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ragtune.agent.loop import LAST_STEP, REMOVED, Agent
+from ragtune.agent.loop import LAST_STEP, REMOVED, REPEATED, Agent
 from ragtune.agent.tools import as_tool, toolbox
 from ragtune.errors import GeneratorError
 from tests.agent.scripted import NativeScripted, Scripted, call
@@ -59,12 +59,30 @@ def test_invalid_replies_are_fed_back_and_counted():
 
 
 def test_the_budget_forces_an_answer_at_the_last_step():
-    a, g = agent([call("calculate", expression="1+1")] * 2 + ['{"answer": "2"}'], max_steps=3)
+    a, g = agent([call("calculate", expression="1+1"), call("calculate", expression="2+2"), '{"answer": "2"}'], max_steps=3)
     answer = a.run("q")
     assert answer.stopped == "budget" and answer.text == "2" and len(answer.steps) == 3
     assert g.sent[2][-1] == {"role": "user", "content": LAST_STEP}
     assert [s.get("required") or [c["properties"].get("tool", {}).get("const") for c in s["oneOf"]] for s in g.schemas] == \
         [["calculate", None], ["calculate", None], ["answer"]]  # only the answer is offered last
+
+
+def test_a_repeated_call_is_not_run_again_and_the_next_step_must_answer():
+    runs = []
+
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        runs.append(key)
+        return key.upper()
+
+    a, g = agent([call("lookup", key="x"), call("lookup", key="y"), call("lookup", key="x"), '{"answer": "X"}'],
+                 tools=(), extra=[lookup], max_steps=6)
+    answer = a.run("q")
+    assert runs == ["x", "y"] and [s.error for s in answer.steps] == [None, None, "repeat", None]
+    assert answer.steps[2].observation == REPEATED.format(tool="lookup") == g.sent[3][-1]["content"]
+    assert answer.stopped == "repeat" and answer.text == "X" and len(answer.steps) == 4  # not the 6 the budget allows
+    assert g.schemas[3]["required"] == ["answer"] and LAST_STEP not in json.dumps(g.sent[3])  # only an answer is offered
+    assert answer.usage["tool_calls"] == 3 and answer.usage["invalid_actions"] == 0
 
 
 def test_a_budget_spent_without_a_valid_answer_ends_with_no_answer():
@@ -120,7 +138,7 @@ def test_smollm2_on_llama_cpp_makes_valid_calls_and_finishes():
         answer = a.run(question)
         assert answer.usage["invalid_actions"] == 0  # by construction: the grammar allows nothing else
         assert all(json.loads(s.output) for s in answer.steps)
-        assert answer.stopped in ("answer", "budget") and 1 <= len(answer.steps) <= 3
+        assert answer.stopped in ("answer", "budget", "repeat") and 1 <= len(answer.steps) <= 3
         assert all(s.prompt.startswith("<|im_start|>system") for s in answer.steps)
 
 

@@ -20,7 +20,7 @@ ITEMS = [QAItem("clips", "48 clips in April, half as many in May: how many in al
          QAItem("fixed", "What is 3 * 5?", ["15"]),
          QAItem("wrong", "What is 9 - 1?", ["8"])]
 REPLIES = [call("calculate", expression="48 / 2 + 48"), '{"answer": "72"}',  # clips: right, one call
-           *[call("calculate", expression="2+2")] * 3, '{"answer": "4"}',  # loop: the budget forces the answer
+           *[call("calculate", expression=e) for e in ("2+2", "2*2", "4+0")], '{"answer": "4"}',  # loop: the budget forces the answer
            "15", call("calculate", expression="3*5"), '{"answer": "15"}',  # fixed: an invalid reply first
            '{"answer": "7"}']  # wrong: answered at once, wrongly
 

@@ -61,6 +61,6 @@ def test_ragtunes_agent_drives_the_served_model_with_native_tool_calls(served, m
     g = OpenAIGenerator(GenerateConfig(backend="openai", model="closed-book", base_url=served.url + "/v1",
                                        api_key_env="RAGTUNE_AGENT_KEY", retries=0, max_tokens=96))
     answer = Agent(g, lambda s: toolbox(["calculate"], []), max_steps=3, max_tokens=96, native=True).run("What is 17 * 23?")
-    assert answer.usage["invalid_actions"] == 0 and answer.stopped in ("answer", "budget")
+    assert answer.usage["invalid_actions"] == 0 and answer.stopped in ("answer", "budget", "repeat")
     assert all(s.tool in (None, "calculate") for s in answer.steps)
     assert json.loads(answer.steps[0].prompt)[0]["role"] == "system"  # the exact messages sent are kept

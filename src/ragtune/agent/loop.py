@@ -3,6 +3,8 @@ is spent. Every step keeps the exact prompt, the model's reply, the call and wha
 that raises and a reply that is not a valid action are fed back to the model as observations, never
 raised. The last step may only answer (a constrained backend cannot do anything else), so every run
 ends with an answer, and ``Answer.stopped`` says whether the model chose to stop or the budget did.
+A call repeated with the same arguments is not run again (small models loop on one call): the model
+is told so, and its next step may only answer (``stopped == "repeat"``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ragtune.types import Answer, Source, Step
 
 OBSERVATION_CHARS = 4000
 LAST_STEP = "Step budget reached: give your final answer now."
+REPEATED = "You already called {tool} with these arguments; its result is above. Give your final answer now."
 INVALID = "Your reply was not a valid action ({error}). Reply with exactly one JSON object."
 REMOVED = "[result removed to fit the context window]"
 
@@ -49,9 +52,10 @@ class Agent:
         messages: list[dict] = [{"role": "system", "content": system_prompt(tools, cite, self.native)},
                                 {"role": "user", "content": question}]
         steps: list[Step] = []
+        made, repeated = set(), False  # the calls made (tool and arguments); a call was repeated
         for number in range(1, self.max_steps + 1):
-            calls = number < self.max_steps and bool(tools)
-            if not calls and tools:
+            calls = number < self.max_steps and bool(tools) and not repeated
+            if not calls and tools and not repeated:
                 messages.append({"role": "user", "content": LAST_STEP})
             step, action = self._step(number, messages, tools, calls, sampling)
             steps.append(step)
@@ -60,13 +64,19 @@ class Agent:
                              {"role": "user", "content": step.observation}]
             elif action.answer is not None:
                 messages.append({"role": "assistant", "content": action.answer})
-                return self._answer(question, action.answer, sources, steps, messages, "answer" if calls or not tools else "budget", t0)
+                stopped = "answer" if calls or not tools else "repeat" if repeated else "budget"
+                return self._answer(question, action.answer, sources, steps, messages, stopped, t0)
             else:
-                step.observation, step.error = _call(tools, action)
+                key = (action.tool, json.dumps(action.arguments, sort_keys=True))
+                if key in made:
+                    step.observation, step.error, repeated = REPEATED.format(tool=action.tool), "repeat", True
+                else:
+                    made.add(key)
+                    step.observation, step.error = _call(tools, action)
                 call_id = f"call_{number}"
                 messages += [call_message(call_id, action),
                              {"role": "tool", "tool_call_id": call_id, "name": action.tool, "content": step.observation}]
-        return self._answer(question, "", sources, steps, messages, "budget", t0)
+        return self._answer(question, "", sources, steps, messages, "repeat" if repeated else "budget", t0)
 
     def _step(self, number: int, messages: list[dict], tools: list[Tool], calls: bool, sampling):
         self._fit(messages)

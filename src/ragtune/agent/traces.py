@@ -3,7 +3,7 @@
 renders them back exactly as the agent prompts the model, so a small model learns the calls it will
 be asked to make.
 
-A trace is kept when the agent chose to answer (not stopped by the budget), every reply was a valid
+A trace is kept when the agent chose to answer (not stopped by the budget or a repeated call), every reply was a valid
 action, no tool failed, and the answer scored at least ``min_f1`` against the reference.
 """
 
@@ -39,6 +39,8 @@ def successful_traces(predictions: list[dict[str, Any]], min_f1: float = 1.0) ->
 
 
 def _why_not(p: dict[str, Any], min_f1: float) -> str | None:
+    if p.get("stopped") == "repeat":
+        return "a repeated call"
     if p.get("stopped") != "answer":
         return "stopped by the step budget"
     if any(s.get("error") == "parse" for s in p["steps"]):

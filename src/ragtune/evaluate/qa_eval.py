@@ -65,7 +65,7 @@ class Prediction:
     groundedness: float | None = None
     judge: dict[str, Any] | None = None
     steps: list[dict[str, Any]] | None = None  # the agent arm's model calls (prompt, reply, call, result)
-    stopped: str | None = None  # the agent arm: "answer", or "budget"
+    stopped: str | None = None  # the agent arm: "answer", "budget", or "repeat" (a call repeated)
     trace: list[dict[str, Any]] | None = None  # the agent arm's conversation (TRL messages with tool_calls)
 
     @property
@@ -315,7 +315,8 @@ def aggregate(predictions: list[Prediction]) -> dict[str, Any]:
 
 def agent_metrics(predictions: list[Prediction]) -> dict[str, float]:
     """The agent arm's: steps and tool calls per question, the share of replies that were valid actions
-    (``tool_call_validity``; 1.0 by construction on llama.cpp), tool errors, and questions the budget stopped."""
+    (``tool_call_validity``; 1.0 by construction on llama.cpp), tool errors, and questions the budget
+    stopped or a repeated call ended."""
     runs = [p for p in predictions if p.steps is not None]
     if not runs:
         return {}
@@ -324,4 +325,5 @@ def agent_metrics(predictions: list[Prediction]) -> dict[str, float]:
             "tool_calls_mean": float(np.mean([sum(s["tool"] is not None for s in p.steps) for p in runs])),
             "tool_call_validity": float(np.mean([s["error"] != "parse" for s in steps])) if steps else 1.0,
             "tool_error_rate": float(np.mean([s["error"] == "tool" for s in steps])) if steps else 0.0,
-            "stopped_by_budget": float(np.mean([p.stopped == "budget" for p in runs]))}
+            "stopped_by_budget": float(np.mean([p.stopped == "budget" for p in runs])),
+            "stopped_by_repeat": float(np.mean([p.stopped == "repeat" for p in runs]))}
