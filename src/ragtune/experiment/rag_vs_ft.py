@@ -97,11 +97,12 @@ SYLLABLES = ["ba", "ce", "di", "fo", "gu", "ka", "le", "mi", "no", "pu", "ra", "
 
 def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = (), avoid: str = "") -> str | None:
     """A new value for ``answer``, fixed by ``seed``. Numbers get other digits (same length, no leading
-    zero added; a year becomes another year 3 to 40 away; the words around them, such as units, stay). Other answers become another answer of the
-    same shape from ``others`` (the question set's answers: same number of words, same capitals, no
-    digits) that shares no word of four or more letters with it and does not occur in ``avoid`` (the document's text), so the
-    new value reads like a real one; without such an answer, an invented word of the same case replaces
-    each word of four or more letters. None when nothing can change."""
+    zero added; a year becomes another year 3 to 40 away; the words around them, such as units, stay).
+    Other answers become another answer of the same shape from ``others`` (the question set's answers:
+    same number of words, same capitals, no digits) that shares no word of four or more letters with it
+    and does not occur in ``avoid`` (the document's text), so the new value reads like a real one;
+    without one, an invented word of the same case replaces each word of four or more letters. None
+    when nothing can change."""
     rng = random.Random(seed)
 
     def number(m: re.Match) -> str:
@@ -124,11 +125,8 @@ def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = 
 
     if re.search(r"\d", answer):
         return re.sub(r"\d+", number, answer)
-    def long_words(value: str) -> set[str]:
-        return {w.casefold() for w in _WORD.findall(value) if len(w) >= 4}
-
     alike = sorted({o.strip() for o in others if o.strip() and _shape(o.strip()) == _shape(answer)
-                    and not long_words(answer) & long_words(o) and not _occurrence(o.strip()).search(avoid)})
+                    and not _long_words(answer) & _long_words(o) and not _occurrence(o.strip()).search(avoid)})
     if alike:
         return rng.choice(alike)
     new = re.sub(r"[^\W\d_]{4,}", word, answer)
@@ -138,8 +136,12 @@ def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = 
 _WORD = re.compile(r"[^\W_]+")
 
 
+def _long_words(value: str) -> set[str]:
+    return {w.casefold() for w in _WORD.findall(value) if len(w) >= 4}
+
+
 def _shape(value: str) -> tuple:
-    """What makes two answers interchangeable: word count, capitals (none, first letters, all), digits."""
+    """What makes two answers interchangeable: word count, capitals (none, some, every first letter, all), digits."""
     words = _WORD.findall(value)
     caps = "all" if value.isupper() else "first" if words and all(w[0].isupper() for w in words) else \
         "some" if any(w[0].isupper() for w in words) else "none"
