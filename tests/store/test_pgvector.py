@@ -103,4 +103,28 @@ def test_dense_search_uses_the_hnsw_index_and_finds_the_exact_neighbours(config,
         conn.execute("SET enable_seqscan = off")  # 300 rows: the planner would rather scan them all
         plan = conn.execute(f"EXPLAIN SELECT id FROM {store.prefix}_chunks ORDER BY embedding <=> %s::vector LIMIT 5",
                             ["[" + ",".join(["1"] * DIM) + "]"]).fetchall()
-    assert f"{store.prefix}_chunks_embedding_idx" in " ".join(r["QUERY PLAN"] for r in plan)
+    assert f"{store.prefix}_hnsw" in " ".join(r["QUERY PLAN"] for r in plan)
+
+
+def hnsw_indexes(config, store) -> list[str]:
+    with connect(config) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+                            [f"{store.prefix}_chunks", "%USING hnsw%"]).fetchall()
+    return [r["indexname"] for r in rows]
+
+
+def test_the_hnsw_index_is_built_once_after_the_first_ingest_or_by_the_next_one(config, tmp_path):
+    """Rows go in without the graph (each insert would otherwise update it); finalize builds it once; an ingest
+    that stopped before its finalize leaves none, and the next ingest's ensure builds it."""
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    texts = [f"Line {i} of the file." for i in range(50)]
+    store.commit([("a.txt", "k", chunks("a.txt", texts))], np.stack([vector(t) for t in texts]), set())
+    assert hnsw_indexes(config, store) == []
+    query = vector("a query")
+    exact = sorted(texts, key=lambda t: -float(vector(t) @ query))
+    assert [h.text for h in store.dense(query, 3)] == exact[:3]  # an exact scan meanwhile
+    store.ensure(MODEL, MODEL_ID, DIM)  # the next ingest begins: the killed one's rows get their index
+    assert hnsw_indexes(config, store) == [f"{store.prefix}_hnsw"]
+    store.finalize()
+    assert hnsw_indexes(config, store) == [f"{store.prefix}_hnsw"]  # one, not two

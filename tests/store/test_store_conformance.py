@@ -115,6 +115,21 @@ def test_keyword_search_finds_the_rare_word(store):
     assert store.bm25("nonexistentword", 3) == []
 
 
+def test_keyword_scores_weigh_rare_words_and_repeats_like_bm25(config, tmp_path):
+    """Inverse document frequency: a chunk with the query's rare word outranks one with its common word
+    (said three times, so a ranking without IDF would put it first); term frequency: of two chunks with the
+    same words, the one saying the rare word twice ranks higher."""
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    filler = [f"The office report number {i} covers the office budget." for i in range(8)]
+    texts = ["Office office office hours change on Monday.", "The walrus visited on Monday.",
+             "A walrus and a walrus met on Monday.", *filler]
+    commit(store, [("notes/words.txt", "k-words-1", chunks("notes/words.txt", texts))])
+    ranked = [h.text for h in store.bm25("office walrus", 4)]
+    assert ranked[:2] == [texts[2], texts[1]], ranked
+    assert ranked.index(texts[0]) == 2
+
+
 @pytest.mark.parametrize("items, expected", [
     (["source=docs/badge.md"], {"docs/badge.md"}),
     (["source=docs/*"], {"docs/travel.md", "docs/badge.md"}),

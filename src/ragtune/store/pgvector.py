@@ -3,8 +3,8 @@
 ``[store] backend = "pgvector"`` and ``url = "postgresql://user@host:port/db"``; the password comes
 from the environment variable named by ``[store] password_env`` (or libpq's PGPASSWORD and
 ~/.pgpass), never from ragtune.toml. An index is two tables: ``PREFIX_chunks``, one row per chunk
-(provenance, text, ``metadata`` jsonb, ``embedding vector(dim)`` under an HNSW index, and a
-generated ``tsv`` tsvector under a GIN index), and ``PREFIX_meta``, one row (model, model id, dim,
+(provenance, text, ``metadata`` jsonb, ``embedding vector(dim)`` under an HNSW index built at the end
+of the first ingest, and a generated ``tsv`` tsvector under a GIN index), and ``PREFIX_meta``, one row (model, model id, dim,
 format version, version counter). PREFIX is ``[store] table``, or is derived from the index's
 absolute path, so several workspaces can share one database.
 
@@ -22,10 +22,13 @@ through a second, autocommit connection and see the latest commit.
 
 Searching: ``dense`` orders by cosine distance (``<=>``; score = 1 - distance) through the HNSW
 index, with ``hnsw.ef_search`` raised to ``n`` and iterative scans under filters; more than 1000
-results come from an exact scan. ``bm25`` ORs the query's words (any of them may match, as in
-BM25) against the 'english' tsvector (stemmed, stop words dropped) and ranks by ``ts_rank_cd``
-divided by the log of the chunk's length: PostgreSQL has no BM25, so the scores are not BM25's.
-Filters become SQL with bound parameters only.
+results come from an exact scan. ``bm25`` ORs the query's words (any of them may match) against
+the 'english' tsvector (stemmed, stop words dropped, as LanceDB's index does) through the GIN index
+and scores the matches with BM25 in SQL (PostgreSQL's own ``ts_rank`` has no inverse document
+frequency, which cost 0.3 nDCG@10 on SciFact): a term's document frequency is counted through the GIN
+index, its frequency in a chunk is the number of its positions there, and a chunk's length is its
+number of distinct terms (cheap to read, and the same measure for the average). The corpus size and
+average length are read once per pinned version. Filters become SQL with bound parameters only.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 TS_CONFIG = "english"
 EF_SEARCH_MAX = 1000  # pgvector's limit: more results than this come from an exact scan
+EF_SEARCH_MIN = 100  # pgvector's default 40 found 0.89-0.95 of the exact top 10 on clustered synthetic vectors
+K1, B = 1.2, 0.75  # BM25's usual constants (LanceDB's too)
 TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 ROW_COLUMNS = ("id", "doc_id", "source", "file_key", "title", "heading", "page", "start", "end", "n_tokens", "text",
                "search_text", "metadata")
@@ -130,6 +135,7 @@ class PgVectorStore:
         self._conn = None  # autocommit: writes (a transaction each) and the reads of the latest commit
         self._reader = None  # the pinned snapshot: one REPEATABLE READ transaction per pin
         self._pinned: int | None = None
+        self._corpus: tuple[int | None, int, float] = (None, 0, 1.0)  # (pinned version, chunks, average distinct terms)
 
     @property
     def location(self) -> str:
@@ -157,6 +163,7 @@ class PgVectorStore:
             db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.prefix])  # of two first ingests, one creates
             if self.meta() is not None:
                 self.check(model_id)
+                self._build_hnsw(db)  # when an ingest stopped between its last commit and finalize
                 return
             self._create_extension(db)
             db.execute(f"""CREATE TABLE {self._chunks} (
@@ -166,7 +173,6 @@ class PgVectorStore:
                 embedding vector({int(dim)}) NOT NULL,
                 tsv tsvector GENERATED ALWAYS AS (to_tsvector('{TS_CONFIG}', search_text)) STORED)""")
             db.execute(f"CREATE INDEX ON {self._chunks} (source)")
-            db.execute(f"CREATE INDEX ON {self._chunks} USING hnsw (embedding vector_cosine_ops)")
             db.execute(f"CREATE INDEX ON {self._chunks} USING gin (tsv)")
             db.execute(f"""CREATE TABLE {self._meta} (format_version integer NOT NULL, embed_model text NOT NULL,
                 model_id text NOT NULL, dim integer NOT NULL, version bigint NOT NULL, created text NOT NULL)""")
@@ -241,8 +247,22 @@ class PgVectorStore:
         return db.execute(f"UPDATE {self._meta} SET version = version + 1 RETURNING version").fetchone()["version"]
 
     def finalize(self) -> int:
-        """Nothing to bring up to date (PostgreSQL updates both indexes in every write); the version."""
+        """Build the HNSW index after an index's first ingest (later writes update it row by row, as they do
+        the full-text index); the version."""
+        db = self._db()
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.prefix])
+            self._build_hnsw(db)
         return self.version()
+
+    def _build_hnsw(self, db) -> None:
+        """The HNSW index, when the chunks table has none and has rows: built once over the rows, it is many
+        times faster than adding them one by one to the graph (here ~2,400 against ~290 rows/s); until it
+        exists, dense search is an exact scan."""
+        has = db.execute("SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s "
+                         "AND indexdef LIKE %s", [f"{self.prefix}_chunks", "%USING hnsw%"]).fetchone()
+        if not has and db.execute(f"SELECT EXISTS (SELECT 1 FROM {self._chunks}) AS rows").fetchone()["rows"]:
+            db.execute(f'CREATE INDEX "{self.prefix}_hnsw" ON {self._chunks} USING hnsw (embedding vector_cosine_ops)')
 
     # -- reading ----------------------------------------------------------------------------
     def version(self) -> int:
@@ -278,7 +298,7 @@ class PgVectorStore:
         clauses, params = compile_filters(filters)
         # ef_search bounds what one HNSW scan returns; iterative scans go on past rows that a filter drops
         self._read("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
-                   [str(min(max(n, 40), EF_SEARCH_MAX)), "strict_order" if filters else "off"])
+                   [str(min(max(n, EF_SEARCH_MIN), EF_SEARCH_MAX)), "strict_order" if filters else "off"])
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # the HNSW index serves only ORDER BY embedding <=> q: ordering by the similarity is an exact scan
         order = "embedding <=> %(q)s::vector" if n <= EF_SEARCH_MAX else "similarity DESC"
@@ -294,12 +314,32 @@ class PgVectorStore:
 
     def bm25(self, query: str, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
         clauses, params = compile_filters(filters)
-        # plainto_tsquery ANDs the words ('a' & 'b'); OR them instead (lexemes hold no spaces)
-        words = f"(SELECT replace(plainto_tsquery('{TS_CONFIG}', %(query)s)::text, ' & ', ' | ')::tsquery AS q) AS words"
-        rows = self._read(f"SELECT {HIT_SELECT}, ts_rank_cd(tsv, q, 1) AS score FROM {self._chunks}, {words} "
-                          f"WHERE {' AND '.join(['tsv @@ q', *clauses])} ORDER BY score DESC, id LIMIT %(n)s",
-                          {"query": query, "n": n, **params})
+        chunks, avg_terms = self._corpus_stats()
+        # the query's terms; the chunks holding any of them; per (chunk, term) the term's positions in the chunk
+        # (the chunk's tsvector cut to the query's terms: mark them with weight A, keep only A)
+        rows = self._read(f"""
+            WITH terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('{TS_CONFIG}', %(query)s))),
+            q AS (SELECT coalesce(string_agg(quote_literal(lexeme), ' | '), '')::tsquery AS q, array_agg(lexeme) AS lexemes FROM terms),
+            df AS (SELECT lexeme, (SELECT count(*) FROM {self._chunks} WHERE tsv @@ quote_literal(lexeme)::tsquery) AS df FROM terms),
+            matches AS (SELECT id, tsv FROM {self._chunks}, q WHERE {' AND '.join(['tsv @@ q.q', *clauses])}),
+            scored AS (
+                SELECT m.id, sum(ln(1 + (%(chunks)s - df.df + 0.5) / (df.df + 0.5)) * u.tf * {K1 + 1}
+                                 / (u.tf + {K1} * (1 - {B} + {B} * length(m.tsv) / %(avg)s))) AS score
+                FROM matches m, q, LATERAL (SELECT lexeme, greatest(cardinality(positions), 1) AS tf
+                                            FROM unnest(ts_filter(setweight(setweight(m.tsv, 'D'), 'A', q.lexemes), '{{a}}'))) u
+                JOIN df USING (lexeme) GROUP BY m.id)
+            SELECT {HIT_SELECT}, s.score FROM scored s JOIN {self._chunks} USING (id) ORDER BY s.score DESC, id LIMIT %(n)s""",
+                          {"query": query, "n": n, "chunks": chunks, "avg": avg_terms, **params})
         return [_hit(r, rank, r["score"]) for rank, r in enumerate(rows, 1)]
+
+    def _corpus_stats(self) -> tuple[int, float]:
+        """(chunks, average distinct terms per chunk) of the pinned version, read once per version."""
+        if self._pinned is None:
+            self.pin()
+        if self._corpus[0] != self._pinned:
+            row = self._read(f"SELECT count(*) AS n, avg(length(tsv)) AS avg FROM {self._chunks}", [])
+            self._corpus = (self._pinned, row[0]["n"], max(float(row[0]["avg"] or 1.0), 1.0))
+        return self._corpus[1], self._corpus[2]
 
     def rows(self, columns: list[str]) -> list[dict[str, Any]]:
         """Every committed chunk, only ``columns`` (``metadata`` as JSON text, as LanceStore gives it)."""
