@@ -35,8 +35,12 @@ demo: $(VENV)/.installed
 	bash examples/demo.sh
 
 # The report test's screenshot (and other test artefacts) are kept in tests/artifacts/.
+# Two pytest workers, a test file each at a time (pytest-xdist): much of the suite waits on servers,
+# subprocesses and single-threaded Python, so two cores run it in about two thirds of the time.
+# PYTEST_ARGS="-n 0" runs it in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(VENV)/.dev-installed
-	RAGTUNE_TEST_ARTIFACTS=tests/artifacts $(PY) -m pytest --durations=15
+	RAGTUNE_TEST_ARTIFACTS=tests/artifacts $(PY) -m pytest $(PYTEST_ARGS) --durations=15
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/retrieval.py --beir ../shared/data/scifact

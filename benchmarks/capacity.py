@@ -26,11 +26,12 @@ from ragtune.config import IngestConfig, RetrieveConfig, StoreConfig
 from ragtune.retrieve import retrieve
 from ragtune.store import BACKENDS, chunk_id, open_store
 from ragtune.store.lancedb import IN_MEMORY_MAX_ROWS
+from ragtune.store.pgvector import EF_SEARCH_MIN
 from ragtune.types import Chunk
 
 DIM, CENTRES, NOISE, QUERY_NOISE = 384, 1000, 0.052, 0.026  # NOISE: a point's cosine to its centre ~0.7
 VOCAB, ZIPF_S, STOP_RANKS, CHUNKS_PER_FILE, K = 20_000, 1.0, 100, 100, 10
-PG_SETTINGS = {"shared_buffers": "1GB", "maintenance_work_mem": "1GB", "work_mem": "64MB", "effective_cache_size": "4GB",
+PG_SETTINGS = {"shared_buffers": "1GB", "maintenance_work_mem": "4GB", "work_mem": "64MB", "effective_cache_size": "4GB",
                "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
 PACKAGES = ["ragtune", "lancedb", "pyarrow", "psycopg", "numpy"]
 TARGETS = (10_000_000, 100_000_000)
@@ -162,7 +163,7 @@ def measure_point(args, backend: str, size: int) -> dict:
 
 def dense_path(backend: str, size: int) -> str:
     if backend == "pgvector":
-        return "HNSW (pgvector defaults m=16, ef_construction=64; ragtune sets ef_search=max(k,40))"
+        return f"HNSW (pgvector defaults m=16, ef_construction=64; ragtune sets ef_search=max(k,{EF_SEARCH_MIN}))"
     return "exact, in-memory numpy matrix" if size <= IN_MEMORY_MAX_ROWS else "exact, Lance flat scan (no ANN index)"
 
 
@@ -222,17 +223,21 @@ def search(store, qv: np.ndarray, qt: list[str], truth: ExactTopK) -> dict:
 
 def sizes(store, backend: str, path: Path) -> dict:
     """On disk: the LanceDB folder (after finalize: with the versions that ``optimize`` keeps for 7 days); for
-    pgvector the table with its TOAST and each index (by access method)."""
+    pgvector the chunks table and the BM25 postings table with their TOAST and indexes, and each kind of index
+    (by access method: hnsw, btree)."""
     if backend == "lancedb":
         return {"disk_mb": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20}
     import psycopg
 
     with psycopg.connect(store.config.url) as conn:
-        total = conn.execute("SELECT pg_total_relation_size('capacity_chunks')").fetchone()[0]
+        tables = {t: conn.execute("SELECT pg_total_relation_size(%s)", [f"capacity_{t}"]).fetchone()[0] / 2**20
+                  for t in ("chunks", "terms")}
         rows = conn.execute("""SELECT a.amname, sum(pg_relation_size(c.oid)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-            JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'capacity_chunks'::regclass GROUP BY a.amname""").fetchall()
+            JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid IN ('capacity_chunks'::regclass, 'capacity_terms'::regclass)
+            GROUP BY a.amname""").fetchall()
     indexes = {am: int(b) / 2**20 for am, b in rows}
-    return {"disk_mb": total / 2**20, "index_mb": indexes, "table_and_toast_mb": total / 2**20 - sum(indexes.values())}
+    return {"disk_mb": sum(tables.values()), "index_mb": indexes, "tables_mb": tables,
+            "tables_without_indexes_mb": sum(tables.values()) - sum(indexes.values())}
 
 
 def rss_mb() -> dict:

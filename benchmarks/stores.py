@@ -41,7 +41,7 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 
 def workspace(folder: Path, **sections: dict) -> Path:
     """A workspace at ``folder`` whose ragtune.toml has the default settings plus ``sections``."""
-    ws = ragtune.Workspace.init(folder)
+    ws = ragtune.Workspace.init(folder, force=True)  # a rerun over --work rewrites the settings (new server ports)
     config = ws.config
     for section, values in sections.items():
         config = config.override(section, **values)

@@ -113,18 +113,60 @@ def hnsw_indexes(config, store) -> list[str]:
     return [r["indexname"] for r in rows]
 
 
+def terms_indexes(config, store) -> list[str]:
+    with connect(config) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY 1", [f"{store.prefix}_terms"]).fetchall()
+    return [r["indexname"] for r in rows]
+
+
 def test_the_hnsw_index_is_built_once_after_the_first_ingest_or_by_the_next_one(config, tmp_path):
-    """Rows go in without the graph (each insert would otherwise update it); finalize builds it once; an ingest
-    that stopped before its finalize leaves none, and the next ingest's ensure builds it."""
+    """Rows go in without the graph or the postings' btrees (each insert would otherwise update them); finalize
+    builds them once; an ingest that stopped before its finalize leaves none, and the next ingest's ensure builds them."""
     store = open_store(config, tmp_path / "index")
     store.ensure(MODEL, MODEL_ID, DIM)
     texts = [f"Line {i} of the file." for i in range(50)]
     store.commit([("a.txt", "k", chunks("a.txt", texts))], np.stack([vector(t) for t in texts]), set())
-    assert hnsw_indexes(config, store) == []
+    assert hnsw_indexes(config, store) == [] and terms_indexes(config, store) == []
     query = vector("a query")
     exact = sorted(texts, key=lambda t: -float(vector(t) @ query))
     assert [h.text for h in store.dense(query, 3)] == exact[:3]  # an exact scan meanwhile
-    store.ensure(MODEL, MODEL_ID, DIM)  # the next ingest begins: the killed one's rows get their index
+    assert [h.text for h in store.bm25("line 7", 1)] == ["Line 7 of the file."]  # and the postings read whole
+    store.ensure(MODEL, MODEL_ID, DIM)  # the next ingest begins: the killed one's rows get their indexes
     assert hnsw_indexes(config, store) == [f"{store.prefix}_hnsw"]
+    assert terms_indexes(config, store) == [f"{store.prefix}_terms_chunk", f"{store.prefix}_terms_term"]
     store.finalize()
     assert hnsw_indexes(config, store) == [f"{store.prefix}_hnsw"]  # one, not two
+    assert terms_indexes(config, store) == [f"{store.prefix}_terms_chunk", f"{store.prefix}_terms_term"]
+
+
+def test_postings_and_counts_follow_every_replace_and_delete(config, tmp_path):
+    """BM25 reads its postings table and the chunk and term counts in the meta row: after commits, a
+    replaced file and a deleted one they equal what a recount from the chunks' texts gives."""
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    commit(store, [("a.txt", "k1", chunks("a.txt", ["Owls hunt mice at night.", "Owls sleep by day, owls rest."])),
+                   ("b.txt", "k1", chunks("b.txt", ["Bats hunt moths at night."]))])
+    commit(store, [("a.txt", "k2", chunks("a.txt", ["Hawks hunt by day."]))], replace={"a.txt"})
+    commit(store, [("c.txt", "k1", chunks("c.txt", ["Moles dig tunnels.", "Moles eat worms."]))])
+    store.delete_sources(["c.txt"])
+    with connect(config) as conn:
+        recount = conn.execute(f"""SELECT count(*) AS chunks, (SELECT sum(cardinality(u.positions)) FROM {store.prefix}_chunks c,
+            unnest(to_tsvector('english', c.search_text)) u) AS terms FROM {store.prefix}_chunks""").fetchone()
+        meta = conn.execute(f"SELECT chunks, terms FROM {store.prefix}_meta").fetchone()
+        orphans = conn.execute(f"SELECT count(*) AS n FROM {store.prefix}_terms t WHERE NOT EXISTS "
+                               f"(SELECT 1 FROM {store.prefix}_chunks c WHERE c.seq = t.chunk)").fetchone()["n"]
+        owl = conn.execute(f"SELECT tf, len FROM {store.prefix}_terms WHERE term = 'owl'").fetchall()
+    assert dict(meta) == dict(recount) and meta["chunks"] == 2 and orphans == 0 and owl == []
+    hawk = store.bm25("hawks hunting", 5)
+    assert sources(hawk) == ["a.txt", "b.txt"] and hawk[0].score > hawk[1].score > 0  # 'hawk' is rarer than 'hunt'
+    assert sources(store.bm25("hunt", 5, parse_filters(["source=b.txt"]))) == ["b.txt"]
+
+
+def test_an_index_of_the_first_format_asks_for_a_rebuild(config, tmp_path):
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    with connect(config) as conn:
+        conn.execute(f"UPDATE {store.prefix}_meta SET format_version = 1")
+        conn.commit()
+    with pytest.raises(Exception, match=r"format 1, this ragtune reads 2: rebuild it with `ragtune index rebuild`"):
+        store.ensure(MODEL, MODEL_ID, DIM)

@@ -12,8 +12,10 @@ k, mode or fusion settings over the same index) share it, so a sweep searches ea
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import typing
+from concurrent.futures import ThreadPoolExecutor
 
 from ragtune.config import RetrieveConfig, RetrieveMode
 from ragtune.errors import ConfigError
@@ -62,6 +64,18 @@ class RankingMemo:
         return ranking[:n]
 
 
+_beside: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def beside() -> ThreadPoolExecutor:
+    """Threads for work that overlaps a search (a hybrid search's query embedding), one pool per process:
+    a forked child gets a pool of its own, not its parent's threads, which it does not have."""
+    global _beside
+    if _beside is None or _beside[0] != os.getpid():
+        _beside = (os.getpid(), ThreadPoolExecutor(thread_name_prefix="ragtune-beside"))
+    return _beside[1]
+
+
 def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", filters: tuple[Filter, ...] = (),
              candidates: int = 50, rrf_k: int = 60, dense_weight: float = 1.0, bm25_weight: float = 1.0,
              memo: RankingMemo | None = None, similarity: bool = False) -> list[Hit]:
@@ -85,9 +99,12 @@ def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hyb
         ranked = dense(k)
     elif mode == "bm25":
         ranked = bm25(k)
-    else:
+    else:  # the query is embedded on another thread while the keyword search runs (both release the GIL)
         n = max(k, candidates)
-        ranked = rrf([dense(n), bm25(n)], [dense_weight, bm25_weight], rrf_k)
+        vector = beside().submit(embedder.embed_query, query)
+        keyword = bm25(n)
+        vector.result()  # remembered by embed_query: dense() takes it from there
+        ranked = rrf([dense(n), keyword], [dense_weight, bm25_weight], rrf_k)
     hits = [dataclasses.replace(h, rank=rank) for rank, h in enumerate(ranked[:k], start=1)]
     unknown = [h.chunk_id for h in hits if h.similarity is None]
     if similarity and unknown:  # keyword hits: their similarity from the store's vectors
