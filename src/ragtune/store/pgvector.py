@@ -26,16 +26,15 @@ through a second, autocommit connection and see the latest commit.
 
 Searching: ``dense`` orders by cosine distance (``<=>``; score = 1 - distance) through the HNSW
 index, with ``hnsw.ef_search`` raised to ``n`` (and at least ``EF_SEARCH_MIN``) and iterative scans
-under filters; more than 1000 results come from an exact scan. ``bm25`` scores every chunk holding any of the query's terms
-(PostgreSQL's 'english' text search configuration: stemmed, stop words dropped, as LanceDB's index
-does) with BM25 in SQL over the postings: the query's terms' postings are read through the
+under filters; more than 1000 results come from an exact scan. ``bm25`` scores every chunk holding
+any of the query's terms (PostgreSQL's 'english' text search configuration: stemmed, stop words
+dropped, as LanceDB's index does) with BM25 in SQL over the postings: the query's terms' postings are read through the
 ``(term)`` index, which holds everything the score needs (an index-only scan), a term's document
 frequency is its number of postings, its frequency in a chunk the number of its positions there, a
 chunk's length its number of terms (stop words left out, as they are from the index); the corpus
 size and average length come from the meta row. PostgreSQL's own ``ts_rank`` has no inverse document
 frequency, which cost 0.32 nDCG@10 on SciFact; scoring tsvectors through a GIN index took ~120 ms a
-query there, the postings ~10 ms.
-Filters become SQL with bound parameters only.
+query there, the postings ~8 ms. Filters become SQL with bound parameters only.
 """
 
 from __future__ import annotations
@@ -234,7 +233,8 @@ class PgVectorStore:
 
     def commit(self, files: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray, replace_sources: set[str]) -> int:
         """Add the chunks of ``files`` ((source, file key, chunks), vectors in the same order);
-        the old chunks of ``replace_sources`` go in the same transaction."""
+        the old chunks of ``replace_sources`` go in the same transaction. Postings are written for every
+        chunk of ``files``' sources, so a source already stored must be in ``replace_sources`` (ingest's rule)."""
         db = self._db()
         with db.transaction():
             chunks, terms = self._delete(db, sorted(replace_sources))
