@@ -94,7 +94,7 @@ def measure(name: str, answerer, rows: list[dict]) -> tuple[dict, list[dict]]:
     acc = sum(right(p.get("prediction"), r["final_answer"]) for p, r in zip(preds, rows)) / len(rows)
     m = result.metrics
     fig = {"accuracy": acc, "questions": len(rows), "s_per_question": took / len(rows), "generator": result.generator,
-           **{k: m[k] for k in ("steps_mean", "tool_calls_mean", "tool_call_validity", "tool_error_rate", "stopped_by_budget",
+           **{k: m[k] for k in ("steps_mean", "tool_calls_mean", "tool_call_validity", "tool_error_rate", "stopped_by_budget", "stopped_by_repeat",
                                 "prompt_tokens_mean", "completion_tokens_mean") if k in m}}
     console.print(f"{name}: accuracy {acc:.3f} on {len(rows)} · " + " · ".join(
         f"{k} {v:.2f}" for k, v in fig.items() if isinstance(v, float) and k != "accuracy"))
@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--method", default="lora", choices=["lora", "full"])
     ap.add_argument("--max-steps", type=int, default=6)
+    ap.add_argument("--arms", default="plain,agent,sft", help="which of plain (a), agent (b), sft (c) to run; sft harvests with (b)")
     ap.add_argument("--handbook", type=Path, help="also: agent vs one-shot RAG on these two-lookup questions (examples/handbook-multihop.jsonl)")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -131,8 +132,31 @@ def main() -> None:
     test, harvest, demo_rows = split(args.gsm8k, args.test, args.harvest, args.demos)
     res: dict = {"data": str(args.gsm8k), "command": " ".join([sys.executable, *sys.argv]), "started_utc": stamp,
                  "loadavg_at_start": os.getloadavg(), "arms": {}}
-    res["arms"]["plain"], _ = measure("(a) plain", closed_book_arm(ws.generator), test)
-    res["arms"]["agent"], _ = measure("(b) agent + calculate", agent_arm(agent_for(ws, None)), test)
+    arms = set(args.arms.split(","))
+    if unknown := arms - {"plain", "agent", "sft"}:
+        sys.exit(f"--arms: unknown {', '.join(sorted(unknown))}; choose from plain, agent, sft")
+    if "plain" in arms:
+        res["arms"]["plain"], _ = measure("(a) plain", closed_book_arm(ws.generator), test)
+    if "agent" in arms:
+        res["arms"]["agent"], _ = measure("(b) agent + calculate", agent_arm(agent_for(ws, None)), test)
+    if "sft" in arms:
+        sft_arm(args, ws, root, work, test, harvest, demo_rows, res)
+    if args.handbook:
+        handbook(args, work, res)
+    res["wall_s"] = time.perf_counter() - started
+    res["targets"] = {}
+    if "agent" in arms:
+        res["targets"]["tool-call validity 100% on llama.cpp"] = res["arms"]["agent"].get("tool_call_validity") == 1.0
+    if "sft" in arms:
+        res["targets"]["(c) accuracy >= 0.10"] = res["arms"]["agent-sft"]["accuracy"] >= 0.10
+    save_results(args.out, "agent-gsm8k", res, stamp)
+    for name, ok in res["targets"].items():
+        console.print(f"  {'✔' if ok else '✘'} {name}")
+    console.print(f"{res['wall_s'] / 60:.1f} min; work folder {work}")
+
+
+def sft_arm(args, ws, root: Path, work: Path, test: list[dict], harvest: list[dict], demo_rows: list[dict], res: dict) -> None:
+    """(c): harvest (b)'s successful traces, add the rewritten demonstrations, fine-tune, measure."""
     _, harvested = measure("    harvest", agent_arm(agent_for(ws, None)), harvest)
     good = [p for p, r in zip(harvested, harvest) if right(p.get("prediction"), r["final_answer"])]
     traces = successful_traces(good, min_f1=0.0).examples
@@ -150,26 +174,21 @@ def main() -> None:
         finetune(root, "agent-gsm8k", data, ws.config.train, log=lambda *a: None)
     res["training_s"] = time.perf_counter() - t
     res["arms"]["agent-sft"], _ = measure("(c) agent after SFT", agent_arm(agent_for(ws, "agent-gsm8k")), test)
-    if args.handbook:
-        hb = ragtune.Workspace.init(work / "handbook-ws") if not (work / "handbook-ws" / "ragtune.toml").exists() else ragtune.Workspace(work / "handbook-ws")
-        hb.ingest([Path(__file__).resolve().parent.parent / "examples" / "handbook"])
-        from ragtune.evaluate.qa import load_qa
-        from ragtune.evaluate.qa_eval import workspace_answerer
 
-        qs = load_qa(args.handbook)
-        res["handbook"] = {}
-        for arm in ("rag", "agent"):
-            r = evaluate_qa(qs, workspace_answerer(hb, arm))
-            res["handbook"][arm] = {k: v for k, v in r.metrics.items() if isinstance(v, float)}
-            console.print(f"handbook two-lookup questions, {arm}: F1 {r.metrics['f1']:.3f} · contains {r.metrics['contains']:.3f}")
-    res["wall_s"] = time.perf_counter() - started
-    res["targets"] = {"tool-call validity 100% on llama.cpp": res["arms"]["agent"].get("tool_call_validity") == 1.0,
-                      "(c) accuracy >= 0.10": res["arms"]["agent-sft"]["accuracy"] >= 0.10}
-    save_results(args.out, "agent-gsm8k", res, stamp)
-    for name, ok in res["targets"].items():
-        console.print(f"  {'✔' if ok else '✘'} {name}")
-    console.print(f"{res['wall_s'] / 60:.1f} min; work folder {work}")
 
+def handbook(args, work: Path, res: dict) -> None:
+    """The agent against one-shot RAG on the handbook's two-lookup questions."""
+    from ragtune.evaluate.qa import load_qa
+    from ragtune.evaluate.qa_eval import workspace_answerer
+
+    folder = work / "handbook-ws"
+    hb = ragtune.Workspace(folder) if (folder / "ragtune.toml").exists() else ragtune.Workspace.init(folder)
+    hb.ingest([Path(__file__).resolve().parent.parent / "examples" / "handbook"])
+    res["handbook"] = {}
+    for arm in ("rag", "agent"):
+        r = evaluate_qa(load_qa(args.handbook), workspace_answerer(hb, arm))
+        res["handbook"][arm] = {k: v for k, v in r.metrics.items() if isinstance(v, float)}
+        console.print(f"handbook two-lookup questions, {arm}: F1 {r.metrics['f1']:.3f} · contains {r.metrics['contains']:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ragtune.agent.loop import LAST_STEP, REMOVED, REPEATED, Agent
+from ragtune.agent.loop import LAST_STEP, REMOVED, Agent, repeated_call
 from ragtune.agent.tools import as_tool, toolbox
 from ragtune.errors import GeneratorError
 from tests.agent.scripted import NativeScripted, Scripted, call
@@ -79,10 +79,18 @@ def test_a_repeated_call_is_not_run_again_and_the_next_step_must_answer():
                  tools=(), extra=[lookup], max_steps=6)
     answer = a.run("q")
     assert runs == ["x", "y"] and [s.error for s in answer.steps] == [None, None, "repeat", None]
-    assert answer.steps[2].observation == REPEATED.format(tool="lookup") == g.sent[3][-1]["content"]
+    assert answer.steps[2].observation == repeated_call("lookup", "X") == g.sent[3][-1]["content"]
+    assert "it returned: X Give your final answer" in answer.steps[2].observation  # the earlier result, restated
     assert answer.stopped == "repeat" and answer.text == "X" and len(answer.steps) == 4  # not the 6 the budget allows
     assert g.schemas[3]["required"] == ["answer"] and LAST_STEP not in json.dumps(g.sent[3])  # only an answer is offered
     assert answer.usage["tool_calls"] == 3 and answer.usage["invalid_actions"] == 0
+
+
+def test_a_repeated_calls_long_result_is_restated_cut():
+    long = "word " * 200
+    note = repeated_call("search", long)
+    assert note.startswith("You already called search with these arguments; it returned: word word")
+    assert "… Give your final answer now." in note and len(note) < 400
 
 
 def test_a_budget_spent_without_a_valid_answer_ends_with_no_answer():

@@ -1,12 +1,13 @@
 """Tools from plain functions: schemas from type hints and docstrings, user modules, one clear error for a bad one."""
 
+import re
 import sys
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import pytest
 
 from ragtune.agent.protocol import ActionError, action_schema, as_text, parse_action, system_prompt
-from ragtune.agent.tools import Sources, as_tool, load_module, toolbox
+from ragtune.agent.tools import Sources, as_tool, calculate, load_module, toolbox
 from ragtune.errors import ConfigError
 from ragtune.types import Hit
 
@@ -32,6 +33,17 @@ def test_the_schema_comes_from_hints_defaults_and_docstring():
     assert p["properties"]["note"] == {"type": "string"}
     assert p["properties"]["tags"] == {"type": "array", "items": {"type": "string"}}
     assert t.spec()["function"]["parameters"] is p
+
+
+def test_annotated_hints_add_schema_keywords_and_calculate_takes_arithmetic_only():
+    def pick(code: Annotated[str, {"pattern": "^[A-Z]*$", "maxLength": 3}], n: Annotated[int, "not a dict: ignored"] = 1) -> str:
+        """Pick."""
+        return code
+
+    props = as_tool(pick).parameters["properties"]
+    assert props == {"code": {"type": "string", "pattern": "^[A-Z]*$", "maxLength": 3}, "n": {"type": "integer"}}
+    pattern = as_tool(calculate).parameters["properties"]["expression"]["pattern"]
+    assert re.fullmatch(pattern, "(12 + 50) * 3 - 1,000 / 2.5") and not re.fullmatch(pattern, '17 * 23 } returns 391')
 
 
 def test_a_parameter_a_model_cannot_give_is_refused_by_name():

@@ -25,6 +25,21 @@ def test_onnx_backends_match_sentence_transformers(reference, backend, min_cos):
     assert e.model_id != get_embedder("minilm", "torch").model_id
 
 
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_one_text_runs_on_one_thread_and_gets_the_same_vector(backend):
+    """One text (a query) runs on a one-thread session of its own; its vector is the one the
+    configured session gives it, to the bit (the cache and the index hold those)."""
+    e = get_embedder("minilm", backend, threads=2)
+    alone = np.stack([e.embed([t])[0] for t in TEXTS])
+    assert e._single is not None and e._single is not e.session
+    assert e._single.get_session_options().intra_op_num_threads == 1
+    single, e._single = e._single, e.session  # the same texts on the two-thread session
+    try:
+        assert np.array_equal(alone, np.stack([e.embed([t])[0] for t in TEXTS]))
+    finally:
+        e._single = single
+
+
 def test_related_texts_are_closer():
     e = get_embedder()
     a, b, c = e.embed(["How do I reset my password?", "Steps to change a forgotten password", "The volcano erupted in 1883"])

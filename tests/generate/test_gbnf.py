@@ -2,6 +2,7 @@
 that fits the schema (strings without raw control characters, within their maxLength)."""
 
 import json
+import re
 
 import pytest
 
@@ -19,6 +20,8 @@ SCHEMAS = [
     {"oneOf": [{"type": "object", "properties": {"tool": {"const": "calculate"}, "arguments": {"type": "object", "properties": {"expression": {"type": "string", "maxLength": 30}}, "required": ["expression"]}},
                 "required": ["tool", "arguments"]},
                {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 30}}, "required": ["answer"]}]},
+    {"type": "object", "properties": {"expression": {"type": "string", "pattern": "^[0-9 +*/()-]*$", "maxLength": 40}},
+     "required": ["expression"]},
 ]
 
 
@@ -32,7 +35,8 @@ def fits(value, schema) -> bool:
         return (isinstance(value, dict) and set(value) <= set(props) and set(schema.get("required", [])) <= set(value)
                 and all(fits(v, props[k]) for k, v in value.items()))
     if schema.get("type") == "string":
-        return isinstance(value, str) and len(value) <= schema.get("maxLength", 10**9)
+        return (isinstance(value, str) and len(value) <= schema.get("maxLength", 10**9)
+                and re.fullmatch(schema.get("pattern", ".*"), value, flags=re.S) is not None)
     if schema.get("type") == "array":
         return isinstance(value, list) and len(value) <= schema.get("maxItems", 10**9) and all(fits(v, schema["items"]) for v in value)
     return _fits(value, schema)
@@ -47,8 +51,16 @@ def test_unsupported_schemas_are_refused_by_path():
         to_gbnf({"type": "object", "properties": {"when": {"type": "null"}}, "required": ["when"]})
 
 
+def test_a_pattern_names_the_characters_of_a_string_or_is_refused():
+    grammar = to_gbnf({"type": "string", "pattern": "^[0-9 +*/().-]*$", "maxLength": 12})
+    assert 'root ::= "\\"" [0-9 +*/().-]{0,12} "\\"" ws' in grammar
+    for pattern in ("^[^a]*$", '^[a"]*$', "^[a\\\\]*$", "^[0-9]+$", "[0-9]*", "^(ab|cd)*$"):  # negation, quote, backslash, other forms
+        with pytest.raises(GeneratorError, match=r"at #/e .*\^\[characters\]\*\$"):
+            to_gbnf({"type": "object", "properties": {"e": {"type": "string", "pattern": pattern}}, "required": ["e"]})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("schema", SCHEMAS, ids=["string", "numbers", "enum-array", "all-optional", "action"])
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["string", "numbers", "enum-array", "all-optional", "action", "pattern"])
 def test_what_llama_cpp_samples_under_the_grammar_fits_the_schema(schema):
     from ragtune.config import GenerateConfig
     from ragtune.generate import Sampling, get_generator

@@ -173,3 +173,31 @@ def test_an_index_of_the_first_format_asks_for_a_rebuild(config, tmp_path):
         conn.commit()
     with pytest.raises(IndexMismatchError, match=r"format 1, this ragtune reads 2: rebuild it with `ragtune index rebuild`"):
         store.ensure(MODEL, MODEL_ID, DIM)
+    with pytest.raises(IndexMismatchError, match=r"format 1, this ragtune reads 2"):
+        store.pin(MODEL_ID)  # a search's pin reads the same row
+
+
+
+def test_each_search_runs_under_the_hnsw_settings_it_needs_within_one_pin(config, tmp_path):
+    """pin sets the settings of an unfiltered search of <= 100 results; a filtered search in the same
+    snapshot needs iterative scans (else the filter thins HNSW's candidates to too few), a deeper one a
+    larger ef_search, and a search after those the pin's settings back."""
+    store = open_store(config, tmp_path / "index")
+    store.ensure(MODEL, MODEL_ID, DIM)
+    commit(store, [("a.txt", "k", chunks("a.txt", [f"Line {i}." for i in range(50)]))])
+    query = vector("Line 7.")
+
+    def settings() -> tuple[str, str]:  # read inside the pinned transaction, as the searches run
+        row = store._read("SELECT current_setting('hnsw.ef_search') AS ef, current_setting('hnsw.iterative_scan') AS it", [])[0]
+        return row["ef"], row["it"]
+
+    store.pin(MODEL_ID)
+    assert settings() == ("100", "off")
+    store.dense(query, 10, parse_filters(["source=a.txt"]))
+    assert settings() == ("100", "strict_order")
+    store.dense(query, 300)
+    assert settings() == ("300", "off")
+    store.dense(query, 10)
+    assert settings() == ("100", "off")
+    store.pin(MODEL_ID)  # a new snapshot starts from the pin's settings
+    assert settings() == ("100", "off")

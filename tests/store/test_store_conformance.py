@@ -192,8 +192,11 @@ def test_deleted_sources_leave_every_search(store):
 
 def test_the_embedding_model_is_part_of_the_index(store, config):
     store.check(MODEL_ID)
+    store.pin(MODEL_ID)  # a search's pin checks the version it pins
     with pytest.raises(IndexMismatchError, match="rebuild"):
         store.check("other-model/onnx@ffffffffffffffff")
+    with pytest.raises(IndexMismatchError, match="rebuild"):
+        store.pin("other-model/onnx@ffffffffffffffff")
     with pytest.raises(IndexMismatchError):
         store.ensure("other-model", "other-model/onnx@ffffffffffffffff", DIM)
     again = open_store(config, store.path)  # a second handle reads the same identity

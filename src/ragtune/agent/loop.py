@@ -22,7 +22,8 @@ from ragtune.types import Answer, Source, Step
 
 OBSERVATION_CHARS = 4000
 LAST_STEP = "Step budget reached: give your final answer now."
-REPEATED = "You already called {tool} with these arguments; its result is above. Give your final answer now."
+REPEATED = "You already called {tool} with these arguments; it returned: {result} Give your final answer now."
+REPEATED_CHARS = 300  # of the earlier result, restated: small models lose track of it (17 * 23 = 391 answered "17 * 23")
 INVALID = "Your reply was not a valid action ({error}). Reply with exactly one JSON object."
 REMOVED = "[result removed to fit the context window]"
 
@@ -52,7 +53,8 @@ class Agent:
         messages: list[dict] = [{"role": "system", "content": system_prompt(tools, cite, self.native)},
                                 {"role": "user", "content": question}]
         steps: list[Step] = []
-        made, repeated = set(), False  # the calls made (tool and arguments); a call was repeated
+        made: dict[tuple, str] = {}  # the calls made (tool, arguments) -> what they returned
+        repeated = False  # a call was repeated
         for number in range(1, self.max_steps + 1):
             calls = number < self.max_steps and bool(tools) and not repeated
             if not calls and tools and not repeated:
@@ -69,10 +71,10 @@ class Agent:
             else:
                 key = (action.tool, json.dumps(action.arguments, sort_keys=True))
                 if key in made:
-                    step.observation, step.error, repeated = REPEATED.format(tool=action.tool), "repeat", True
+                    step.observation, step.error, repeated = repeated_call(action.tool, made[key]), "repeat", True
                 else:
-                    made.add(key)
                     step.observation, step.error = _call(tools, action)
+                    made[key] = step.observation
                 call_id = f"call_{number}"
                 messages += [call_message(call_id, action),
                              {"role": "tool", "tool_call_id": call_id, "name": action.tool, "content": step.observation}]
@@ -131,3 +133,9 @@ def _call(tools: list[Tool], action) -> tuple[str, str | None]:
         return f"error: {type(e).__name__}: {e}"[:OBSERVATION_CHARS], "tool"
     text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
     return text[:OBSERVATION_CHARS], None
+
+
+def repeated_call(tool: str, result: str) -> str:
+    """What a repeated call gets back: the earlier result restated (cut to ``REPEATED_CHARS``), and the order to answer."""
+    brief = result if len(result) <= REPEATED_CHARS else result[:REPEATED_CHARS].rstrip() + " …"
+    return REPEATED.format(tool=tool, result=brief.strip())

@@ -25,7 +25,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from ragtune.agent.calculator import calculate as _calculate
 from ragtune.errors import ConfigError
@@ -59,7 +59,7 @@ def as_tool(fn: Callable[..., Any], name: str | None = None) -> Tool:
     description = " ".join(doc.split("\n\n")[0].split()) or name
     notes = dict(re.findall(r"^\s*(\w+)\s*(?:\([^)]*\))?:\s*(.+)$", doc, flags=re.M))
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception as e:  # noqa: BLE001 - an unresolvable annotation: say which tool
         raise ConfigError(f"tool {name!r}: cannot read its type hints ({e})") from None
     props, required = {}, []
@@ -77,9 +77,15 @@ def as_tool(fn: Callable[..., Any], name: str | None = None) -> Tool:
 
 
 def json_type(hint: Any, where: str) -> dict:
-    """The JSON schema of a type hint: str, int, float, bool, Literal[...], list[X], X | None."""
+    """The JSON schema of a type hint: str, int, float, bool, Literal[...], list[X], X | None;
+    ``Annotated[X, {...}]`` adds the dict's JSON schema keywords (``{"pattern": "^[0-9 +*/().-]*$"}``)."""
     simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        schema = json_type(args[0], where)
+        for extra in args[1:]:
+            schema.update(extra if isinstance(extra, dict) else {})
+        return schema
     if hint in simple:
         return {"type": simple[hint]}
     if origin is Literal:
@@ -114,7 +120,10 @@ class Sources:
         return self.hits[number - 1]
 
 
-def calculate(expression: str) -> str:
+ARITHMETIC = "^[0-9 .,+*/%^()=-]*$"  # what calculate's expression may hold: a constrained model cannot write prose there
+
+
+def calculate(expression: Annotated[str, {"pattern": ARITHMETIC}]) -> str:
     """Evaluate arithmetic exactly (numbers, + - * / % ^, brackets); use it for every calculation.
 
     expression: the arithmetic to evaluate

@@ -5,7 +5,9 @@ Why not llama-cpp-python's own converter: it lets raw newlines into strings (inv
 ``json.loads`` rejects) and spells ``maxLength`` as hundreds of nested optionals, which made one
 150-character answer take 12x longer to sample. Here every string is valid JSON and bounded with
 GBNF's ``{0,N}`` repetition (``maxLength``, else ``MAX_STRING``), so a reply that completes the
-grammar fits a known number of tokens. Whitespace is at most one space between tokens.
+grammar fits a known number of tokens. Whitespace is at most one space between tokens. A string's
+``pattern`` may name the characters it is made of (``^[0-9 +*/().-]*$``): a tool's argument the model
+cannot fill with prose or JSON.
 
 >>> print(to_gbnf({"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}},
 ...                "required": ["answer"]}))
@@ -17,6 +19,7 @@ ws ::= " "?
 from __future__ import annotations
 
 import json
+import re
 
 from ragtune.errors import GeneratorError
 
@@ -47,7 +50,8 @@ def _value(s: dict, where: str) -> str:
             return "(" + " | ".join(_value(c, f"{where}/{key}/{i}") for i, c in enumerate(s[key])) + ")"
     kind = s.get("type")
     if kind == "string":
-        return f'"\\"" char{{0,{int(s.get("maxLength", MAX_STRING))}}} "\\""'
+        char = _char_class(s["pattern"], where) if "pattern" in s else "char"
+        return f'"\\"" {char}{{0,{int(s.get("maxLength", MAX_STRING))}}} "\\""'
     if kind == "integer":
         return f"({INTEGER})"
     if kind == "number":
@@ -62,6 +66,16 @@ def _value(s: dict, where: str) -> str:
         return _object(s, where)
     raise GeneratorError(f"the reply schema at {where} ({json.dumps(s)[:80]}) is not supported by the llama.cpp grammar; "
                          "use objects, strings, integers, numbers, booleans, enums, consts, arrays and oneOf")
+
+
+def _char_class(pattern: str, where: str) -> str:
+    """The one ``pattern`` form strings may have here: ``^[CHARACTERS]*$`` (a set of characters, ranges
+    allowed, that JSON writes as themselves: no quote, backslash, control character or negation)."""
+    m = re.fullmatch(r'\^\[([^\]\\"^\x00-\x1f][^\]\\"\x00-\x1f]*)\]\*\$', pattern)
+    if not m:
+        raise GeneratorError(f"the pattern at {where} ({pattern!r}) is not supported by the llama.cpp grammar: "
+                             "use ^[characters]*$ without quotes, backslashes or negation")
+    return f"[{m.group(1)}]"
 
 
 def _object(s: dict, where: str) -> str:

@@ -79,13 +79,14 @@ def beside() -> ThreadPoolExecutor:
 def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hybrid", filters: tuple[Filter, ...] = (),
              candidates: int = 50, rrf_k: int = 60, dense_weight: float = 1.0, bm25_weight: float = 1.0,
              memo: RankingMemo | None = None, similarity: bool = False) -> list[Hit]:
-    """The top ``k`` chunks for ``query``. Dense hits know their cosine similarity; with
-    ``similarity`` every hit gets it (a keyword-only query is then embedded too)."""
+    """The top ``k`` chunks for ``query`` in the index's latest version, which must have been built with
+    ``embedder``. Dense hits know their cosine similarity; with ``similarity`` every hit gets it (a
+    keyword-only query is then embedded too)."""
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not valid; choose one of: {', '.join(MODES)}")
     if not query.strip():
         raise ConfigError("the query is empty: give some words to search for")
-    store.pin()  # one committed version for the whole search
+    store.pin(embedder.model_id)  # one committed version for the whole search, built with this embedder
 
     def dense(n: int, vector=None) -> list[Hit]:  # embed_query remembers the vector: one embedding per query
         search = lambda depth: store.dense(embedder.embed_query(query) if vector is None else vector, depth, filters)  # noqa: E731
@@ -133,7 +134,6 @@ class Retriever:
         """Ranked chunks for ``query``; ``k``/``mode`` default to the settings. ``filters``: KEY=VALUE
         strings, a dict, or ``Filter``s. ``similarity``: every hit gets its cosine similarity to the query."""
         r = self.config
-        self.store.check(self.embedder.model_id)
         return retrieve(self.store, self.embedder, query, k=k or r.k, mode=mode or r.mode, filters=parse_filters(filters),
                         candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight, bm25_weight=r.bm25_weight,
                         memo=self.memo, similarity=similarity)

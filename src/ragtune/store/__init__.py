@@ -123,8 +123,9 @@ class Store(Protocol):
     def version(self) -> int: ...
     @property
     def pinned_version(self) -> int | None: ...
-    def pin(self) -> None:
-        """Read the latest committed version from now on (until the next ``pin``)."""
+    def pin(self, model_id: str | None = None) -> None:
+        """Read the latest committed version from now on (until the next ``pin``); with ``model_id``,
+        ``IndexMismatchError`` unless that version was built with it in this format (``check``)."""
     def dense(self, vector: np.ndarray, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
         """The ``n`` chunks nearest to ``vector`` (cosine; ``score`` = ``similarity``), best first."""
     def bm25(self, query: str, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:

@@ -208,8 +208,11 @@ class LanceStore:
         """The version searches read (set by ``pin``)."""
         return self._view_version
 
-    def pin(self) -> None:
-        """Pin the latest committed version (reloading the in-memory copy when it moved)."""
+    def pin(self, model_id: str | None = None) -> None:
+        """Pin the latest committed version (reloading the in-memory copy when it moved); with ``model_id``,
+        check the index first."""
+        if model_id is not None:
+            self.check(model_id)
         if self._latest is None:
             self._latest = self.table()  # with read_consistency_interval=0 its version follows commits
         latest = self._latest

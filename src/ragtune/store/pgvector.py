@@ -17,12 +17,14 @@ writer killed mid-stream leaves whole files only: the server rolls back the open
 connection that drops.
 
 Pinning: ``pin`` ends the reader's transaction and opens a new REPEATABLE READ, read-only one whose
-first statement reads the version. Every search until the next ``pin`` runs in that transaction, so
-it sees exactly the snapshot of that committed version (PostgreSQL's MVCC: rows carry no version
-columns, and deleted rows are really gone). The price is a snapshot held open between searches,
-which holds back VACUUM and makes ``drop`` wait; ``Retriever`` pins at every search, which keeps it
-short. Writes and the reads that are not pinned (``rows``, ``stats``, ``file_keys``, ``version``) go
-through a second, autocommit connection and see the latest commit.
+first statement reads the meta row (the version, and the identity a search checks). Every search until
+the next ``pin`` runs in that transaction, so it sees exactly the snapshot of that committed version
+(PostgreSQL's MVCC: rows carry no version columns, and deleted rows are really gone). The price is a
+snapshot held open between searches, which holds back VACUUM and makes ``drop`` wait; ``Retriever``
+pins at every search, which keeps it short. A pin is one round trip (the transaction is begun by hand,
+with the HNSW settings an unfiltered search needs), and a hybrid search is three: on a busy two-core
+machine each round trip cost up to ~0.5 ms. Writes and the reads that are not pinned (``rows``,
+``stats``, ``file_keys``, ``version``) go through the other connection, in autocommit, and see the latest commit.
 
 Searching: ``dense`` orders by cosine distance (``<=>``; score = 1 - distance) through the HNSW
 index, with ``hnsw.ef_search`` raised to ``n`` (and at least ``EF_SEARCH_MIN``) and iterative scans
@@ -50,7 +52,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ragtune.errors import ConfigError, WorkspaceError
+from ragtune.errors import ConfigError, IndexMismatchError, WorkspaceError
 from ragtune.store import COLUMN_FILTERS, Filter, check_identity, chunk_id, required
 from ragtune.types import Chunk, Hit, IndexStats
 
@@ -61,6 +63,7 @@ FORMAT_VERSION = 2  # 2: postings table for BM25 (1 had a tsvector column under 
 TS_CONFIG = "english"
 EF_SEARCH_MAX = 1000  # pgvector's limit: more results than this come from an exact scan
 EF_SEARCH_MIN = 100  # pgvector's default 40 found 0.89-0.95 of the exact top 10 on clustered synthetic vectors
+PIN_HNSW = (EF_SEARCH_MIN, "off")  # (ef_search, iterative_scan) set by pin: what an unfiltered search of <= 100 needs
 K1, B = 1.2, 0.75  # BM25's usual constants (LanceDB's too)
 TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 ROW_COLUMNS = ("id", "doc_id", "source", "file_key", "title", "heading", "page", "start", "end", "n_tokens", "text",
@@ -139,8 +142,9 @@ class PgVectorStore:
         self.prefix = table_prefix(config, path)
         self._chunks, self._meta, self._terms = (f'"{self.prefix}_{t}"' for t in ("chunks", "meta", "terms"))
         self._conn = None  # autocommit: writes (a transaction each) and the reads of the latest commit
-        self._reader = None  # the pinned snapshot: one REPEATABLE READ transaction per pin
-        self._pinned: int | None = None
+        self._reader = None  # the pinned snapshot: one REPEATABLE READ transaction per pin (begun by hand)
+        self._pinned: dict[str, Any] | None = None  # the meta row the pin read
+        self._hnsw = PIN_HNSW  # the HNSW scan settings of the pinned transaction
 
     @property
     def location(self) -> str:
@@ -211,9 +215,7 @@ class PgVectorStore:
     def drop(self) -> None:
         import psycopg
 
-        self._pinned = None
-        if self._reader is not None and not self._reader.closed:
-            self._reader.rollback()  # our own snapshot would make the DROP wait for ever
+        self._unpin()  # our own snapshot would make the DROP wait for ever
         db = self._db()
         try:
             with db.transaction():
@@ -304,22 +306,43 @@ class PgVectorStore:
     @property
     def pinned_version(self) -> int | None:
         """The version searches read (set by ``pin``)."""
-        return self._pinned
+        return None if self._pinned is None else self._pinned["version"]
 
-    def pin(self) -> None:
-        """End the previous snapshot and take one of the latest committed version."""
+    def pin(self, model_id: str | None = None) -> None:
+        """End the previous snapshot and take one of the latest committed version (checked against
+        ``model_id`` when given), in one round trip: the transaction is begun by hand on an autocommit
+        connection, and its first statement reads the meta row and sets the HNSW scan settings most searches use."""
         import psycopg
 
         if self._reader is None or self._reader.closed:
-            self._reader = connect(self.config, autocommit=False)
-            self._reader.isolation_level, self._reader.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
-        self._reader.rollback()
+            self._reader = connect(self.config, autocommit=True)
+        end = "" if self._reader.info.transaction_status == psycopg.pq.TransactionStatus.IDLE else "ROLLBACK; "
+        ef, iterative = PIN_HNSW
         try:  # the first statement of a REPEATABLE READ transaction fixes its snapshot
-            self._pinned = self._reader.execute(f"SELECT version FROM {self._meta}").fetchone()["version"]
+            cur = self._reader.execute(f"{end}BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT *, "
+                                       f"set_config('hnsw.ef_search', '{ef}', true) AS ef_search, "
+                                       f"set_config('hnsw.iterative_scan', '{iterative}', true) AS iterative_scan "
+                                       f"FROM {self._meta}")
+            while cur.nextset():  # the SELECT's result is the last
+                pass
+            self._pinned, self._hnsw = cur.fetchone(), PIN_HNSW
         except psycopg.errors.UndefinedTable:
-            self._reader.rollback()
-            self._pinned = None
+            self._unpin()
             required(None, self._named_from_path)  # raises: there is no index
+        if model_id is not None:
+            try:
+                check_identity(self._pinned, f"in {self.location}", FORMAT_VERSION, model_id)
+            except IndexMismatchError:
+                self._unpin()  # nothing to search: hold no snapshot (it would make a rebuild's DROP wait)
+                raise
+
+    def _unpin(self) -> None:
+        """End the pinned snapshot, if any (also one a failed statement aborted)."""
+        from psycopg.pq import TransactionStatus
+
+        self._pinned = None
+        if self._reader is not None and not self._reader.closed and self._reader.info.transaction_status != TransactionStatus.IDLE:
+            self._reader.execute("ROLLBACK")
 
     def _read(self, query: str, params: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
         """``query`` in the pinned snapshot (pinning the latest version first if there is none)."""
@@ -330,8 +353,13 @@ class PgVectorStore:
     def dense(self, vector: np.ndarray, n: int, filters: tuple[Filter, ...] = ()) -> list[Hit]:
         clauses, params = compile_filters(filters)
         # ef_search bounds what one HNSW scan returns; iterative scans go on past rows that a filter drops
-        self._read("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
-                   [str(min(max(n, EF_SEARCH_MIN), EF_SEARCH_MAX)), "strict_order" if filters else "off"])
+        hnsw = (min(max(n, EF_SEARCH_MIN), EF_SEARCH_MAX), "strict_order" if filters else "off")
+        if self._pinned is None:
+            self.pin()
+        if hnsw != self._hnsw:  # pin set the common case
+            self._read("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+                       [str(hnsw[0]), hnsw[1]])
+            self._hnsw = hnsw
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # the HNSW index serves only ORDER BY embedding <=> q: ordering by the similarity is an exact scan
         order = "embedding <=> %(q)s::vector" if n <= EF_SEARCH_MAX else "similarity DESC"
@@ -351,13 +379,13 @@ class PgVectorStore:
         # scored: two index-only reads of each posting list, no intermediate table
         rows = self._read(f"""
             WITH terms AS (SELECT DISTINCT lexeme AS term FROM unnest(to_tsvector('{TS_CONFIG}', %(query)s))),
-            weights AS (
-                SELECT t.term, ln(1 + (c.n - d.df + 0.5) / (d.df + 0.5)) AS idf, c.avg
+            weights AS (  -- idf * (k1 + 1), and k1 * b / average length: a posting's score is a * tf / (tf + k1 (1 - b) + d len)
+                SELECT t.term, ln(1 + (c.n - d.df + 0.5) / (d.df + 0.5)) * {K1 + 1:g} AS a, {K1 * B:g} / c.avg AS d
                 FROM terms t, LATERAL (SELECT count(*)::float8 AS df FROM {self._terms} WHERE term = t.term) d,
                      (SELECT chunks::float8 AS n, greatest(terms::float8 / greatest(chunks, 1), 1) AS avg FROM {self._meta}) c
                 WHERE d.df > 0),
             scored AS (
-                SELECT p.chunk, sum(w.idf * p.tf * {K1 + 1} / (p.tf + {K1} * (1 - {B} + {B} * p.len / w.avg))) AS score
+                SELECT p.chunk, sum(w.a * p.tf / (p.tf + {K1 * (1 - B):g} + w.d * p.len)) AS score
                 FROM weights w, LATERAL (SELECT chunk, tf::float8 AS tf, len::float8 AS len FROM {self._terms} WHERE term = w.term) p
                 GROUP BY p.chunk),
             top AS (SELECT s.chunk, s.score FROM scored s{f" JOIN {self._chunks} ON seq = s.chunk WHERE {' AND '.join(clauses)}" if clauses else ""}
