@@ -15,6 +15,12 @@ from tests.servers import free_port, free_ports  # noqa: F401 (tests import them
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# pytest-xdist workers share the cores: each sizes its thread pools (llama.cpp, ONNX Runtime, torch; its
+# subprocesses inherit this) to its share, so two workers' busy-waiting threads do not fight over the same cores
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ.setdefault("RAGTUNE_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
 
 REPO = Path(__file__).resolve().parent.parent
 HANDBOOK = REPO / "examples" / "handbook"

@@ -1,9 +1,10 @@
+import os
 import tomllib
 
 import pytest
 
 from ragtune import Workspace
-from ragtune.config import Config, render_toml
+from ragtune.config import Config, cpu_threads, render_toml
 from ragtune.errors import ConfigError, WorkspaceError
 from ragtune.workspace import find_root
 
@@ -85,3 +86,16 @@ def test_overrides_are_validated_like_the_file():
 def test_rendered_config_reflects_values():
     cfg = Config().override("embed", backend="torch")
     assert 'backend = "torch"' in render_toml(cfg)
+
+
+def test_threads_come_from_the_setting_then_the_environment_then_the_cores(monkeypatch):
+    from ragtune.embed import get_embedder
+
+    monkeypatch.setenv("RAGTUNE_THREADS", "1")
+    assert cpu_threads(3) == 3 and cpu_threads(0) == 1
+    assert get_embedder("minilm", "onnx-int8", batch_size=7, threads=0).threads == 1  # a `threads = 0` setting takes it (batch_size: not a cached one)
+    monkeypatch.delenv("RAGTUNE_THREADS")
+    assert cpu_threads(0) == (os.cpu_count() or 1)
+    monkeypatch.setenv("RAGTUNE_THREADS", "two")
+    with pytest.raises(ConfigError, match=r"\$RAGTUNE_THREADS = 'two': give a whole number"):
+        cpu_threads(0)

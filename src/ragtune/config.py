@@ -9,6 +9,7 @@ would be valid.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import typing
@@ -17,6 +18,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragtune.errors import ConfigError
+
+
+THREADS_ENV = "RAGTUNE_THREADS"  # the default of every `threads = 0` setting (CI, containers, parallel test workers)
+
+
+def env_threads() -> int:
+    """``$RAGTUNE_THREADS`` as a number (0 when unset)."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value and not value.isdigit():
+        raise ConfigError(f"${THREADS_ENV} = {value!r}: give a whole number of threads, or unset it")
+    return int(value or 0)
+
+
+def cpu_threads(configured: int = 0) -> int:
+    """Threads for a CPU backend: a ``threads`` setting, else ``$RAGTUNE_THREADS``, else every core."""
+    return configured or env_threads() or os.cpu_count() or 1
 
 CONFIG_FILE = "ragtune.toml"
 STATE_DIR = ".ragtune"  # beside ragtune.toml: the index, caches, models, runs
@@ -62,7 +79,7 @@ class EmbedConfig:
     model: str = _f("minilm", "Registry name (see `ragtune embedders`) or a local sentence-transformers folder.")
     backend: EmbedBackend = _f("onnx-int8", "torch = sentence-transformers; onnx = ONNX Runtime fp32 (fused); onnx-int8 = dynamic int8 quantisation.")
     batch_size: int = _f(64, "Texts per forward pass.")
-    threads: int = _f(0, "CPU threads for the embedder; 0 = all cores.")
+    threads: int = _f(0, "CPU threads for the embedder; 0 = $RAGTUNE_THREADS, else all cores.")
 
 
 @dataclass
@@ -98,7 +115,7 @@ class GenerateConfig:
     temperature: float = _f(0.0, "Sampling temperature; 0 = greedy (reproducible).")
     top_p: float = _f(1.0, "Nucleus sampling threshold.")
     seed: int = _f(0, "Random seed for sampling.")
-    threads: int = _f(0, "llamacpp/transformers: CPU threads; 0 = all cores.")
+    threads: int = _f(0, "llamacpp/transformers: CPU threads; 0 = $RAGTUNE_THREADS, else all cores.")
     base_url: str = _f("http://127.0.0.1:8000/v1", "openai: the endpoint's base URL (OpenAI, vLLM, Ollama, llama.cpp server).")
     api_key_env: str = _f("OPENAI_API_KEY", "openai: name of the environment variable holding the API key (never the key itself).")
     timeout_s: float = _f(60.0, "openai: seconds to wait for a response.")
@@ -149,7 +166,7 @@ class TrainConfig:
     check_max_tokens: int = _f(320, "Most new tokens per generated held-out answer in that check.")
     checkpoint_steps: int = _f(50, "Save a resumable checkpoint every N optimiser steps (and at the end of each epoch).")
     seed: int = _f(0, "Seed for data order, eval split and initialisation.")
-    threads: int = _f(0, "CPU threads for torch; 0 = all cores.")
+    threads: int = _f(0, "CPU threads for torch; 0 = $RAGTUNE_THREADS, else torch's default.")
 
 
 @dataclass

@@ -7,14 +7,13 @@ fused fp32 graph exported once and cached) and ``onnx-int8`` (the same, dynamica
 
 from __future__ import annotations
 
-import os
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from ragtune.config import EmbedBackend
+from ragtune.config import EmbedBackend, cpu_threads
 from ragtune.errors import EmbedderError
 
 
@@ -62,4 +61,4 @@ def get_embedder(model: str = "minilm", backend: str = "onnx-int8", batch_size: 
         raise EmbedderError(f"unknown embedding backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     name, folder = resolve_model(model)
     cls = TorchEmbedder if backend == "torch" else OnnxEmbedder
-    return cls(name, folder, backend, batch_size=batch_size, threads=threads or (os.cpu_count() or 1))
+    return cls(name, folder, backend, batch_size=batch_size, threads=cpu_threads(threads))

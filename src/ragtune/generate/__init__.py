@@ -17,7 +17,6 @@ With ``backend = "openai"`` the name is the endpoint's and is passed on unchange
 
 from __future__ import annotations
 
-import os
 import time
 import typing
 from dataclasses import dataclass
@@ -159,10 +158,10 @@ def _registered(model: str, root: Path | str | None) -> Path | None:
 
 @lru_cache(maxsize=2)
 def _cached(values: tuple, root: str | None, registered: bool = False, stamp: int | None = None) -> Generator:
-    from ragtune.config import GenerateConfig
+    from ragtune.config import GenerateConfig, cpu_threads
 
     cfg = GenerateConfig(*values)
-    threads = cfg.threads or os.cpu_count() or 1
+    threads = cpu_threads(cfg.threads)
     if registered:
         return _registered_generator(cfg, Path(root), threads)  # type: ignore[arg-type]
     if cfg.backend == "llamacpp":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ragtune.config import STATE_DIR
+from ragtune.config import STATE_DIR, env_threads
 from ragtune.errors import ConfigError, DatasetError, ModelError
 from ragtune.files import sha256_file, write_json
 from ragtune.train.distributed import World
@@ -489,8 +489,8 @@ def train_and_register(root: Path, name: str, data: Path, cfg, recipe: Recipe, r
     prepared = recipe.prepare(root, data, cfg)
     work = root / STATE_DIR / WORK_DIR / name
     run = _start(work, name, data, cfg, recipe.settings(), resume, restart)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if threads := cfg.threads or env_threads():
+        torch.set_num_threads(threads)
     model = recipe.build(prepared, cfg)
     start = None
     if resume and (found := checkpoint.latest(work / "checkpoint")):
