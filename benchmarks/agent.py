@@ -190,5 +190,6 @@ def handbook(args, work: Path, res: dict) -> None:
         res["handbook"][arm] = {k: v for k, v in r.metrics.items() if isinstance(v, float)}
         console.print(f"handbook two-lookup questions, {arm}: F1 {r.metrics['f1']:.3f} · contains {r.metrics['contains']:.3f}")
 
+
 if __name__ == "__main__":
     main()

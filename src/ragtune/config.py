@@ -19,8 +19,17 @@ from typing import Any, Literal
 
 from ragtune.errors import ConfigError
 
-
+CONFIG_FILE = "ragtune.toml"
+STATE_DIR = ".ragtune"  # beside ragtune.toml: the index, caches, models, runs
 THREADS_ENV = "RAGTUNE_THREADS"  # the default of every `threads = 0` setting (CI, containers, parallel test workers)
+
+# The valid choices, once: modules that check a choice derive their lists from these.
+EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
+RetrieveMode = Literal["dense", "bm25", "hybrid"]
+GenerateBackend = Literal["llamacpp", "transformers", "openai"]
+StoreBackend = Literal["lancedb", "pgvector"]
+AgentCalls = Literal["json", "native"]
+IngestEngine = Literal["local", "ray"]
 
 
 def env_threads() -> int:
@@ -34,17 +43,6 @@ def env_threads() -> int:
 def cpu_threads(configured: int = 0) -> int:
     """Threads for a CPU backend: a ``threads`` setting, else ``$RAGTUNE_THREADS``, else every core."""
     return configured or env_threads() or os.cpu_count() or 1
-
-CONFIG_FILE = "ragtune.toml"
-STATE_DIR = ".ragtune"  # beside ragtune.toml: the index, caches, models, runs
-
-# The valid choices, once: modules that check a choice derive their lists from these.
-EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
-RetrieveMode = Literal["dense", "bm25", "hybrid"]
-GenerateBackend = Literal["llamacpp", "transformers", "openai"]
-StoreBackend = Literal["lancedb", "pgvector"]
-AgentCalls = Literal["json", "native"]
-IngestEngine = Literal["local", "ray"]
 
 
 def _f(default: Any, doc: str) -> Any:
