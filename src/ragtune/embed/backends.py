@@ -124,7 +124,7 @@ class OnnxEmbedder(Embedder):
         # hybrid search's keyword query runs on beside it (SciFact hybrid p50 -2 ms); a second session of the
         # same graph costs its weights again (23 MB int8, 90 MB fp32)
         session = self.session
-        if len(ids) == 1 and self.threads > 1:
+        if len(ids) == 1:
             session = self._single = self._single or self._session(1)
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         hidden = session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]

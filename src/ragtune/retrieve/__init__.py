@@ -88,8 +88,8 @@ def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hyb
         raise ConfigError("the query is empty: give some words to search for")
     store.pin(embedder.model_id)  # one committed version for the whole search, built with this embedder
 
-    def dense(n: int, vector=None) -> list[Hit]:  # embed_query remembers the vector: one embedding per query
-        search = lambda depth: store.dense(embedder.embed_query(query) if vector is None else vector, depth, filters)  # noqa: E731
+    def dense(n: int) -> list[Hit]:  # embed_query remembers the vector: one embedding per query
+        search = lambda depth: store.dense(embedder.embed_query(query), depth, filters)  # noqa: E731
         return memo.get((id(store), store.pinned_version, "dense", query, filters), n, search) if memo else search(n)
 
     def bm25(n: int) -> list[Hit]:
@@ -102,9 +102,10 @@ def retrieve(store: Store, embedder, query: str, *, k: int = 5, mode: str = "hyb
         ranked = bm25(k)
     else:  # the query is embedded on another thread while the keyword search runs (both release the GIL)
         n = max(k, candidates)
-        vector = beside().submit(embedder.embed_query, query)
+        embedded = beside().submit(embedder.embed_query, query)
         keyword = bm25(n)
-        ranked = rrf([dense(n, vector.result()), keyword], [dense_weight, bm25_weight], rrf_k)
+        embedded.result()  # dense's embed_query now finds the vector remembered
+        ranked = rrf([dense(n), keyword], [dense_weight, bm25_weight], rrf_k)
     hits = [dataclasses.replace(h, rank=rank) for rank, h in enumerate(ranked[:k], start=1)]
     unknown = [h.chunk_id for h in hits if h.similarity is None]
     if similarity and unknown:  # keyword hits: their similarity from the store's vectors
