@@ -40,6 +40,39 @@ HIT_COLUMNS = ["id", "doc_id", "source", "title", "heading", "page", "start", "e
 IN_MEMORY_MAX_ROWS = 500_000  # above this, dense search goes to Lance instead of a numpy copy
 
 
+REST_CLIENT = "lance_namespace_urllib3_client"
+
+
+def import_lancedb():
+    """``import lancedb``, without the REST namespace client's API classes until something asks for them.
+
+    lancedb 0.40 imports ``lance_namespace``, which needs the generated REST client's models; the
+    client package's ``__init__`` also builds its nine API classes (pydantic ``validate_call`` on every
+    method), which only a REST namespace uses: 0.8 of the 3.5 seconds a ``ragtune search`` took on an
+    idle 2-core machine (2 s when busy), paid by every command that opens an index. The package is
+    registered with its ``__init__`` not yet run, and the first name asked of it runs it (``from
+    lance_namespace_urllib3_client import TableApi`` still works). lance itself made the same change
+    upstream (lance-format/lance#9273).
+    """
+    import importlib.util
+    import sys
+
+    if REST_CLIENT not in sys.modules and (spec := importlib.util.find_spec(REST_CLIENT)) is not None \
+            and spec.loader is not None and spec.submodule_search_locations is not None:
+        package = importlib.util.module_from_spec(spec)  # __path__, __file__, __spec__: its submodules import
+
+        def __getattr__(name: str):
+            del package.__dict__["__getattr__"]
+            spec.loader.exec_module(package)
+            return getattr(package, name)
+
+        package.__getattr__ = __getattr__
+        sys.modules[REST_CLIENT] = package
+    import lancedb
+
+    return lancedb
+
+
 def schema(dim: int):
     import pyarrow as pa
 
@@ -141,11 +174,10 @@ class LanceStore:
     # -- writing ----------------------------------------------------------------------------
     def db(self):
         if self._db is None:
-            import lancedb
             from datetime import timedelta
 
-            self._db = lancedb.connect(self.location, read_consistency_interval=timedelta(0),
-                                       storage_options=self.s3.storage_options() if self.s3 else None)
+            self._db = import_lancedb().connect(self.location, read_consistency_interval=timedelta(0),
+                                                storage_options=self.s3.storage_options() if self.s3 else None)
         return self._db
 
     def table(self):
