@@ -112,6 +112,10 @@ def main() -> None:
                   f"{tr['train_s']:.0f}" if tr else "–", f"{tr['tokens_per_s']:.0f}" if tr else "–",
                   "–" if f["forgetting_flagged"] is None else ("flagged" if f["forgetting_flagged"] else "ok"))
     console.print(t)
+    for arm, f in figures.items():
+        if f.get("fresh_by_kind"):
+            console.print(f"  {arm} follows the new value, by kind of fact changed: "
+                          + ", ".join(f"{kind} {got}/{of}" for kind, (got, of) in f["fresh_by_kind"].items()))
     console.print(state["recommendation"]["text"], soft_wrap=True)
     for name, ok in res["targets"].items():
         console.print(f"  {'✔' if ok else '✘' if ok is False else '·'} {name}")

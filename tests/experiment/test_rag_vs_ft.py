@@ -10,8 +10,8 @@ from tests.conftest import HANDBOOK, REPO
 from ragtune import Workspace
 from ragtune.errors import DatasetError, WorkspaceError
 from ragtune.evaluate.qa import load_qa
-from ragtune.experiment.rag_vs_ft import (ARMS, Edit, changed_value, fresh_index, plan_edits, recommend, run_compare,
-                                          split_questions, write_edited)
+from ragtune.experiment.rag_vs_ft import (ARMS, Edit, changed_value, fact_kind, fresh_index, plan_edits, recommend,
+                                          run_compare, split_questions, write_edited)
 from ragtune.types import QAItem
 
 COMPARE_QA = REPO / "examples" / "handbook-compare.jsonl"
@@ -102,6 +102,24 @@ def test_changed_facts_are_written_into_edited_copies_and_reingested(handbook_ws
     assert report.chunks_embedded < report.chunks_written  # unchanged chunks came from the embedding cache
     hits = view.search(test[[it.id for it in test].index(edits[0].question)].question, k=3)
     assert any(edits[0].new in h.text for h in hits)
+
+
+def test_questions_answered_by_a_number_or_a_name_are_edited_first(tmp_path):
+    assert [fact_kind(a) for a in ("1949", "240 credits", "Cornelius Vantreight", "KRO-Skyline", "typhus and smallpox",
+                                   "the Oder")] == ["number", "number", "name", "name", "phrase", "phrase"]
+    ws = Workspace.init(tmp_path / "ws")
+    phrases = ["a wooden hut", "typhus and smallpox", "material about live performance", "opened the gates",
+               "large-scale regeneration", "a river", "returned to earth", "their own families"]
+    facts = ["1931", "Cornelius Vantreight"]
+    data = tmp_path / "paras.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "title": "History", "text": f"Paragraph {i} says: {a}."}) + "\n"
+                            for i, a in enumerate(phrases + facts)))
+    ws.ingest([data])
+    test = [QAItem(f"q{i}", f"What does paragraph {i} say?", [a], [f"p{i}"]) for i, a in enumerate(phrases + facts)]
+    for seed in range(3):
+        edits, _ = plan_edits(ws, test, 3, seed=seed, others=phrases + facts)
+        assert {(e.old, e.kind) for e in edits[:2]} == {("1931", "number"), ("Cornelius Vantreight", "name")}
+        assert edits[2].kind == "phrase" and edits[2].old in phrases  # then the others, when there are not enough
 
 
 def test_records_files_are_edited_record_by_record(tmp_path):
@@ -205,6 +223,8 @@ def test_freshness_is_measured_on_edited_and_reingested_documents(comparison):
         knew = [e["question"] in right for e in fresh["edits"]]
         assert f["right_before"] == sum(knew)
         assert f["freshness_of_right"] == (pytest.approx(sum(n for n, k in zip(follows, knew) if k) / sum(knew)) if any(knew) else None)
+        kinds = [fact_kind(e["old"]) for e in fresh["edits"]]  # the new values given, per kind of fact changed
+        assert f["by_kind"] == {k: [sum(n for n, kk in zip(follows, kinds) if kk == k), kinds.count(k)] for k in set(kinds)}
     index = ws.state_dir / "compare" / "c1" / "fresh" / "index"
     view = ws.with_config(ws.config.override("store", path=str(index.relative_to(ws.root))))
     text = " ".join(r["text"] for r in view.store.rows(["text"]))
@@ -287,6 +307,9 @@ def test_the_comparison_page_renders_in_chromium(comparison, tmp_path, browser_p
     assert page.locator("table#arms tbody tr").count() == 4
     assert page.locator("table#metrics tbody tr").count() == 4  # the four tracked runs below
     assert page.locator("svg.bars rect.fresh").count() == 4 and page.locator("svg.bars rect.forget").count() == 2
+    fresh, note = state["steps"]["freshness"]["arms"], page.locator("#freshness-note").inner_text()
+    assert all(f"{arm} {fresh[arm]['shown']}/4" in note for arm in ("rag", "ft+rag"))  # the edited passage in the prompt
+    assert all((f"{arm} " in note.split("right before the change")[1]) == bool(fresh[arm]["right_before"]) for arm in ("closed-book", "ft"))
     assert page.locator("#comparison svg circle.point").count() == 4
     shoot(page, tmp_path, "compare.png")
     assert errors == []

@@ -155,12 +155,22 @@ class Edit:
     source: str
     old: str
     new: str
+    kind: str = ""  # fact_kind(old)
+
+
+def fact_kind(answer: str) -> str:
+    """``number`` (holds a digit: amounts, dates, years), ``name`` (every word capitalised) or ``phrase``.
+    The facts that change in real documents are mostly numbers and names, and a new number or name
+    still reads as an answer to the question; a phrase swapped for another answer's phrase often does not."""
+    _, caps, digits = _shape(answer.strip())
+    return "number" if digits else "name" if caps in ("first", "all") else "phrase"
 
 
 def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str, ...] = ()) -> tuple[list[Edit], dict[str, int]]:
     """Up to ``n`` test questions whose answer occurs in their gold document's text, in a file type that
     can be edited (text, markdown, HTML, JSON records), with the value each gets (``changed_value``, from
-    ``others``: the question set's answers); the others counted by reason."""
+    ``others``: the question set's answers); the others counted by reason. Questions answered by a number
+    or a name come first (``fact_kind``), each kind in a seeded order."""
     from ragtune.evaluate.qa_eval import gold_doc
 
     sources: dict[str, str] = {}
@@ -169,7 +179,9 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
     skipped = dict.fromkeys(["no_document", "file_type", "value_not_in_text", "unchangeable"], 0)
     texts: dict[str, dict[str, str]] = {}
     edits: list[Edit] = []
-    for it in sorted(test, key=lambda it: unit_hash(f"fresh\0{it.id}", seed)):
+    phrases_last = lambda it: (fact_kind(it.answers[0]) == "phrase" if it.answers else True,  # noqa: E731
+                               unit_hash(f"fresh\0{it.id}", seed))
+    for it in sorted(test, key=phrases_last):
         if len(edits) >= n:
             break
         doc = next((d for d in sources if it.doc_ids and gold_doc(d, it.doc_ids)), None)
@@ -191,7 +203,7 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
         if new is None:
             skipped["unchangeable"] += 1
             continue
-        edits.append(Edit(it.id, doc, source, old, new))
+        edits.append(Edit(it.id, doc, source, old, new, fact_kind(old)))
     return edits, skipped
 
 
@@ -560,6 +572,8 @@ def _freshness(ws, folder: Path, test: list, others: list[str], views: dict, rig
                             "freshness_of_right": sum(n for n, k in zip(new, knew) if k) / sum(knew) if any(knew) else None,
                             "shown": sum(shown) if RETRIEVES[arm] else None,
                             "freshness_of_shown": sum(n for n, s in zip(new, shown) if s) / sum(shown) if RETRIEVES[arm] and any(shown) else None,
+                            "by_kind": {kind: [sum(bool(n) for n, e in zip(new, edits) if e.kind == kind), sum(e.kind == kind for e in edits)]
+                                        for kind in sorted({e.kind for e in edits})},  # {kind: [new values given, edits]}
                             "answers": answers}
     return out
 
@@ -592,6 +606,7 @@ def arm_figures(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     "freshness": f["freshness"] if f else None, "old_value": f["old_value"] if f else None,
                     "right_before": f.get("right_before") if f else None, "freshness_of_right": f.get("freshness_of_right") if f else None,
                     "shown": f.get("shown") if f else None, "freshness_of_shown": f.get("freshness_of_shown") if f else None,
-                    "fresh_questions": fresh.get("questions", 0), "forgetting_flagged": trained.get("forgetting_flagged"),
-                    "train_s": trained.get("train_s"), "footprint_mb": ev.get("footprint_mb"), "run": ev.get("run")}
+                    "fresh_by_kind": f.get("by_kind") if f else None, "fresh_questions": fresh.get("questions", 0),
+                    "forgetting_flagged": trained.get("forgetting_flagged"), "train_s": trained.get("train_s"),
+                    "footprint_mb": ev.get("footprint_mb"), "run": ev.get("run")}
     return out

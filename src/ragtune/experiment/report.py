@@ -466,7 +466,7 @@ def comparison_section(state: dict[str, Any], figures: dict[str, dict[str, Any]]
     facts = [f"comparison <strong>{esc(state['id'])}</strong>", f"base {esc(state.get('base'))}",
              f"{split.get('train', 0)} training / {split.get('test', 0)} test questions"
              + (" stratified by document" if split.get("stratified") else " (not stratified: no doc_ids)"),
-             esc(Path(qa["path"]).name)]
+             esc(Path(qa["path"]).name)] + ([f"documents indexed in {state['index_s']:.1f} s"] if state.get("index_s") else [])
     synthetic = ('<p class="warn">The questions are synthetic (written by a model from the index with '
                  "<code>data synth-qa</code>): check a sample before trusting the figures.</p>") if qa.get("synthetic") else ""
     advice = (f'<div class="advice" id="recommendation"><strong>{esc(rec.get("text", "not finished"))}</strong>'
@@ -520,10 +520,15 @@ def _freshness_bars(state: dict[str, Any], figures: dict[str, dict[str, Any]]) -
     n = fresh["questions"]
     rows = [(arm, f["freshness"], f"{round(f['freshness'] * n)}/{n} new · {round(f['old_value'] * n)}/{n} old")
             for arm, f in figures.items() if f.get("freshness") is not None]
+    right = [f"{arm} {round(f['freshness_of_right'] * f['right_before'])}/{f['right_before']}" for arm, f in figures.items()
+             if f.get("right_before")]
+    shown = [f"{arm} {f['shown']}/{n}" for arm, f in figures.items() if f.get("shown") is not None]
     return ("<h3>Freshness</h3>" + _bars(rows, 1.0, "fresh")
-            + f'<p class="note">{n} test answers were changed in edited copies of their documents and re-ingested '
-            f"({fresh.get('reingest_s', 0):.1f} s); bars: the share of answers that give the new value (old: still the "
-            "old one).</p>")
+            + f'<p class="note" id="freshness-note">{n} test answers were changed in edited copies of their documents and '
+            f"re-ingested ({fresh.get('reingest_s', 0):.1f} s); bars: the share of answers that give the new value (old: "
+            "still the old one). An arm can only follow a change it could answer at all: among the questions each arm "
+            f"answered right before the change, the new value came back for {', '.join(right) or 'none (no arm answered one right)'}"
+            + (f"; the edited passage was in the prompt for {', '.join(shown)}" if shown else "") + ".</p>")
 
 
 def _forgetting_bars(state: dict[str, Any]) -> str:
