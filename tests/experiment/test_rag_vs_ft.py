@@ -118,8 +118,8 @@ def test_questions_answered_by_a_number_or_a_name_are_edited_first(tmp_path):
     test = [QAItem(f"q{i}", f"What does paragraph {i} say?", [a], [f"p{i}"]) for i, a in enumerate(phrases + facts)]
     for seed in range(3):
         edits, _ = plan_edits(ws, test, 3, seed=seed, others=phrases + facts)
-        assert {(e.old, e.kind) for e in edits[:2]} == {("1931", "number"), ("Cornelius Vantreight", "name")}
-        assert edits[2].kind == "phrase" and edits[2].old in phrases  # then the others, when there are not enough
+        assert {(e.old, fact_kind(e.old)) for e in edits[:2]} == {("1931", "number"), ("Cornelius Vantreight", "name")}
+        assert fact_kind(edits[2].old) == "phrase" and edits[2].old in phrases  # then the others, when there are not enough
 
 
 def test_records_files_are_edited_record_by_record(tmp_path):

@@ -155,7 +155,6 @@ class Edit:
     source: str
     old: str
     new: str
-    kind: str = ""  # fact_kind(old)
 
 
 def fact_kind(answer: str) -> str:
@@ -203,7 +202,7 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
         if new is None:
             skipped["unchangeable"] += 1
             continue
-        edits.append(Edit(it.id, doc, source, old, new, fact_kind(old)))
+        edits.append(Edit(it.id, doc, source, old, new))
     return edits, skipped
 
 
@@ -555,6 +554,7 @@ def _freshness(ws, folder: Path, test: list, others: list[str], views: dict, rig
     log(f"freshness: {len(edits)} answers changed in {len(files)} edited file(s), re-ingested in {report.seconds:.1f} s")
     by_id = {it.id: it for it in test}
     items = [replace(by_id[e.question], answers=[e.new]) for e in edits]
+    kinds = [fact_kind(e.old) for e in edits]
     out: dict[str, Any] = {"questions": len(edits), "skipped": skipped, "reingest_s": report.seconds,
                            "edits": [e.__dict__ for e in edits], "arms": {}}
     for arm, view in views.items():
@@ -572,8 +572,8 @@ def _freshness(ws, folder: Path, test: list, others: list[str], views: dict, rig
                             "freshness_of_right": sum(n for n, k in zip(new, knew) if k) / sum(knew) if any(knew) else None,
                             "shown": sum(shown) if RETRIEVES[arm] else None,
                             "freshness_of_shown": sum(n for n, s in zip(new, shown) if s) / sum(shown) if RETRIEVES[arm] and any(shown) else None,
-                            "by_kind": {kind: [sum(bool(n) for n, e in zip(new, edits) if e.kind == kind), sum(e.kind == kind for e in edits)]
-                                        for kind in sorted({e.kind for e in edits})},  # {kind: [new values given, edits]}
+                            "by_kind": {kind: [sum(bool(n) for n, k in zip(new, kinds) if k == kind), kinds.count(kind)]
+                                        for kind in sorted(set(kinds))},  # {kind of fact changed: [new values given, edits]}
                             "answers": answers}
     return out
 
