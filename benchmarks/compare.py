@@ -80,15 +80,17 @@ def main() -> None:
     ap.add_argument("--fresh", type=int, default=20, help="test answers changed in the documents (freshness)")
     ap.add_argument("--max-tokens", type=int, default=32, help="answers are short spans")
     ap.add_argument("--work", type=Path, help="keep the workspace here (a rerun goes on with the comparison)")
+    ap.add_argument("--id", default="bench", help="the comparison's id in the workspace: another id in the same --work "
+                                                  "is a new comparison on the same index (other --paragraphs, seeds, epochs)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     started, stamp = time.perf_counter(), utc_stamp()
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-compare-"))).resolve()
     ws = workspace(args.squad, work, args)
-    qa = questions(args.squad, args.paragraphs, ws.root / "qa.jsonl")
-    state = run_compare(ws, qa, compare_id="bench", log=console.print)
+    qa = questions(args.squad, args.paragraphs, ws.root / ("qa.jsonl" if args.id == "bench" else f"qa-{args.id}.jsonl"))
+    state = run_compare(ws, qa, compare_id=args.id, log=console.print)
     figures = arm_figures(state)
-    res = {"dataset": "squad-shared-half", "paragraphs": args.paragraphs, "index": ws.stats().__dict__,
+    res = {"dataset": "squad-shared-half", "id": args.id, "paragraphs": args.paragraphs, "index": ws.stats().__dict__,
            "settings": state["settings"], "train_settings": {"method": args.method, "lr": args.lr, "batch": args.batch},
            "split": {k: v for k, v in state["steps"]["split"].items() if k != "test_ids"},
            "command": " ".join([sys.executable, *sys.argv]), "started_utc": stamp, "loadavg_at_start": os.getloadavg(),

@@ -116,10 +116,13 @@ def test_questions_answered_by_a_number_or_a_name_are_edited_first(tmp_path):
                             for i, a in enumerate(phrases + facts)))
     ws.ingest([data])
     test = [QAItem(f"q{i}", f"What does paragraph {i} say?", [a], [f"p{i}"]) for i, a in enumerate(phrases + facts)]
+    test[-2].answers.insert(0, "the year of the flood")  # the value edited is the answer found in the text: a number
+    test.append(QAItem("q-gone", "What does the lost paragraph say?", ["1066"], ["p-gone"]))
     for seed in range(3):
-        edits, _ = plan_edits(ws, test, 3, seed=seed, others=phrases + facts)
+        edits, skipped = plan_edits(ws, test, 3, seed=seed, others=phrases + facts)
         assert {(e.old, fact_kind(e.old)) for e in edits[:2]} == {("1931", "number"), ("Cornelius Vantreight", "name")}
         assert fact_kind(edits[2].old) == "phrase" and edits[2].old in phrases  # then the others, when there are not enough
+        assert skipped == {"no_document": 1, "file_type": 0, "value_not_in_text": 0, "unchangeable": 0}
 
 
 def test_records_files_are_edited_record_by_record(tmp_path):

@@ -168,8 +168,8 @@ def fact_kind(answer: str) -> str:
 def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str, ...] = ()) -> tuple[list[Edit], dict[str, int]]:
     """Up to ``n`` test questions whose answer occurs in their gold document's text, in a file type that
     can be edited (text, markdown, HTML, JSON records), with the value each gets (``changed_value``, from
-    ``others``: the question set's answers); the others counted by reason. Questions answered by a number
-    or a name come first (``fact_kind``), each kind in a seeded order."""
+    ``others``: the question set's answers); the test questions that cannot be edited, counted by reason.
+    Edits of a number or a name come first (``fact_kind`` of the value changed), each kind in a seeded order."""
     from ragtune.evaluate.qa_eval import gold_doc
 
     sources: dict[str, str] = {}
@@ -178,11 +178,7 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
     skipped = dict.fromkeys(["no_document", "file_type", "value_not_in_text", "unchangeable"], 0)
     texts: dict[str, dict[str, str]] = {}
     edits: list[Edit] = []
-    phrases_last = lambda it: (fact_kind(it.answers[0]) == "phrase" if it.answers else True,  # noqa: E731
-                               unit_hash(f"fresh\0{it.id}", seed))
-    for it in sorted(test, key=phrases_last):
-        if len(edits) >= n:
-            break
+    for it in test:
         doc = next((d for d in sources if it.doc_ids and gold_doc(d, it.doc_ids)), None)
         if doc is None:
             skipped["no_document"] += 1
@@ -203,7 +199,8 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
             skipped["unchangeable"] += 1
             continue
         edits.append(Edit(it.id, doc, source, old, new))
-    return edits, skipped
+    edits.sort(key=lambda e: (fact_kind(e.old) == "phrase", unit_hash(f"fresh\0{e.question}", seed)))
+    return edits[:n], skipped
 
 
 def _occurrence(value: str) -> re.Pattern:
