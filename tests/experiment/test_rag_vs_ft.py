@@ -10,7 +10,7 @@ from tests.conftest import HANDBOOK, REPO
 from ragtune import Workspace
 from ragtune.errors import DatasetError, WorkspaceError
 from ragtune.evaluate.qa import load_qa
-from ragtune.experiment.rag_vs_ft import (ARMS, Edit, changed_value, fact_kind, fresh_index, plan_edits, recommend,
+from ragtune.experiment.rag_vs_ft import (ARMS, Edit, asks, changed_value, fact_kind, fresh_index, plan_edits, recommend,
                                           run_compare, split_questions, write_edited)
 from ragtune.types import QAItem
 
@@ -119,10 +119,28 @@ def test_questions_answered_by_a_number_or_a_name_are_edited_first(tmp_path):
     test[-2].answers.insert(0, "the year of the flood")  # the value edited is the answer found in the text: a number
     test.append(QAItem("q-gone", "What does the lost paragraph say?", ["1066"], ["p-gone"]))
     for seed in range(3):
-        edits, skipped = plan_edits(ws, test, 3, seed=seed, others=phrases + facts)
+        edits, skipped = plan_edits(ws, test, 3, seed=seed, others=test)
         assert {(e.old, fact_kind(e.old)) for e in edits[:2]} == {("1931", "number"), ("Cornelius Vantreight", "name")}
         assert fact_kind(edits[2].old) == "phrase" and edits[2].old in phrases  # then the others, when there are not enough
         assert skipped == {"no_document": 1, "file_type": 0, "value_not_in_text": 0, "unchangeable": 0}
+
+
+def test_a_name_is_replaced_by_an_answer_to_a_question_asked_the_same_way(tmp_path):
+    assert [asks(q) for q in ("Who led it?", "In whose name?", "Where was it held?", "How many were there?", "Name it.")] == \
+        ["who", "who", "where", "how many", ""]
+    ws = Workspace.init(tmp_path / "ws")
+    rows = [("Who led the expedition?", "Colonel Monckton"), ("Who signed the treaty?", "Donald Turner"),
+            ("Where did the army camp?", "Prospect Park"), ("Where was the fort?", "Fort Duquesne"),
+            ("Which ship sank?", "Royal George")]
+    data = tmp_path / "paras.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "title": "War", "text": f"It was {a}."}) + "\n" for i, (_, a) in enumerate(rows)))
+    ws.ingest([data])
+    items = [QAItem(f"q{i}", q, [a], [f"p{i}"]) for i, (q, a) in enumerate(rows)]
+    for seed in range(6):
+        edits, _ = plan_edits(ws, items[:1], 1, seed=seed, others=items)
+        assert [e.new for e in edits] == ["Donald Turner"]  # a person for a person, not a place of the same shape
+        edits, _ = plan_edits(ws, items[4:], 1, seed=seed, others=items)
+        assert edits[0].new in {"Colonel Monckton", "Donald Turner", "Prospect Park", "Fort Duquesne"}  # no other "which"
 
 
 def test_records_files_are_edited_record_by_record(tmp_path):

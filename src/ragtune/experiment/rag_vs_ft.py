@@ -95,14 +95,15 @@ def split_questions(items: list, test_fraction: float, seed: int = 0) -> Split:
 SYLLABLES = ["ba", "ce", "di", "fo", "gu", "ka", "le", "mi", "no", "pu", "ra", "se", "ti", "vo", "zu", "lan", "mer", "tos", "vin", "dar"]
 
 
-def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = (), avoid: str = "") -> str | None:
+def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = (), avoid: str = "",
+                  invent: bool = True) -> str | None:
     """A new value for ``answer``, fixed by ``seed``. Numbers get other digits (same length, no leading
     zero added; a year becomes another year 3 to 40 away; the words around them, such as units, stay).
     Other answers become another answer of the same shape from ``others`` (the question set's answers:
     same number of words, same capitals, no digits) that shares no word of four or more letters with it
     and does not occur in ``avoid`` (the document's text), so the new value reads like a real one;
-    without one, an invented word of the same case replaces each word of four or more letters. None
-    when nothing can change."""
+    without one, an invented word of the same case replaces each word of four or more letters (unless
+    not ``invent``). None when nothing can change."""
     rng = random.Random(seed)
 
     def number(m: re.Match) -> str:
@@ -129,6 +130,8 @@ def changed_value(answer: str, seed: str, others: list[str] | tuple[str, ...] = 
                     and not _long_words(answer) & _long_words(o) and not _occurrence(o.strip()).search(avoid)})
     if alike:
         return rng.choice(alike)
+    if not invent:
+        return None
     new = re.sub(r"[^\W\d_]{4,}", word, answer)
     return new if new != answer else None
 
@@ -157,6 +160,17 @@ class Edit:
     new: str
 
 
+_ASKS = re.compile(r"\b(who|whom|whose|where|when|why|how (?:many|much|long|old|far)|how|which|what)\b", re.IGNORECASE)
+
+
+def asks(question: str) -> str:
+    """How a question asks (its first question word: ``who``, ``where``, ``when``, ``how many`` ...; ``""``
+    when none): answers to questions asked alike are the same kind of thing (people, places, dates)."""
+    m = _ASKS.search(question)
+    word = m.group(1).lower() if m else ""
+    return "who" if word in ("whom", "whose") else word
+
+
 def fact_kind(answer: str) -> str:
     """``number`` (holds a digit: amounts, dates, years), ``name`` (every word capitalised) or ``phrase``.
     The facts that change in real documents are mostly numbers and names, and a new number or name
@@ -165,10 +179,12 @@ def fact_kind(answer: str) -> str:
     return "number" if digits else "name" if caps in ("first", "all") else "phrase"
 
 
-def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str, ...] = ()) -> tuple[list[Edit], dict[str, int]]:
+def plan_edits(ws, test: list, n: int, seed: int, others: list | tuple = ()) -> tuple[list[Edit], dict[str, int]]:
     """Up to ``n`` test questions whose answer occurs in their gold document's text, in a file type that
-    can be edited (text, markdown, HTML, JSON records), with the value each gets (``changed_value``, from
-    ``others``: the question set's answers); the test questions that cannot be edited, counted by reason.
+    can be edited (text, markdown, HTML, JSON records), with the value each gets (``changed_value``: an
+    answer of ``others``, the question set, to a question asked the same way (``asks``: a person's name
+    for another person's) when one fits, else any of its answers that fits); the test questions that
+    cannot be edited, counted by reason.
     Edits of a number or a name come first (``fact_kind`` of the value changed), each kind in a seeded order."""
     from ragtune.evaluate.qa_eval import gold_doc
 
@@ -178,6 +194,10 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
     skipped = dict.fromkeys(["no_document", "file_type", "value_not_in_text", "unchangeable"], 0)
     texts: dict[str, dict[str, str]] = {}
     edits: list[Edit] = []
+    every: list[str] = [a for o in others for a in o.answers]
+    by_ask: dict[str, list[str]] = defaultdict(list)
+    for o in others:
+        by_ask[asks(o.question)] += o.answers
     for it in test:
         doc = next((d for d in sources if it.doc_ids and gold_doc(d, it.doc_ids)), None)
         if doc is None:
@@ -194,7 +214,8 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list[str] | tuple[str,
         if old is None:
             skipped["value_not_in_text"] += 1
             continue
-        new = changed_value(old, f"{seed}\0{it.id}", others, text)
+        new = (changed_value(old, f"{seed}\0{it.id}", by_ask[asks(it.question)], text, invent=False)
+               or changed_value(old, f"{seed}\0{it.id}", every, text))
         if new is None:
             skipped["unchangeable"] += 1
             continue
@@ -393,7 +414,7 @@ def run_compare(ws, qa: Path | None = None, *, docs: Path | None = None, demos: 
     views = {arm: _arm_view(ws, trained[arm]["model"] if arm in TRAINED else _base_model(ws)) for arm in ARMS}
     for arm in ARMS:
         step(f"evaluate {arm}", lambda arm=arm: _evaluate(views[arm], arm, split.test, test_path, compare_id, progress, track))
-    step("freshness", lambda: _freshness(ws, folder, split.test, [a for it in items for a in it.answers], views, {
+    step("freshness", lambda: _freshness(ws, folder, split.test, items, views, {
         arm: _answered_right(ws, state["steps"][f"evaluate {arm}"]["run"]) for arm in ARMS}, progress, log))
     figures = arm_figures(state)
     state["recommendation"] = recommend(figures, cfg.margin)
@@ -534,7 +555,7 @@ def _answered_right(ws, run_id: str | None) -> set[str]:
     return {row["id"] for _, row in read_jsonl(path) if row.get("contains")}
 
 
-def _freshness(ws, folder: Path, test: list, others: list[str], views: dict, right: dict[str, set[str]], progress,
+def _freshness(ws, folder: Path, test: list, others: list, views: dict, right: dict[str, set[str]], progress,
                log) -> dict[str, Any]:
     from ragtune.evaluate.answers import contains
     from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
