@@ -119,7 +119,7 @@ def test_questions_answered_by_a_number_or_a_name_are_edited_first(tmp_path):
     test[-2].answers.insert(0, "the year of the flood")  # the value edited is the answer found in the text: a number
     test.append(QAItem("q-gone", "What does the lost paragraph say?", ["1066"], ["p-gone"]))
     for seed in range(3):
-        edits, skipped = plan_edits(ws, test, 3, seed=seed, others=test)
+        edits, skipped = plan_edits(ws, test, 3, seed=seed, question_set=test)
         assert {(e.old, fact_kind(e.old)) for e in edits[:2]} == {("1931", "number"), ("Cornelius Vantreight", "name")}
         assert fact_kind(edits[2].old) == "phrase" and edits[2].old in phrases  # then the others, when there are not enough
         assert skipped == {"no_document": 1, "file_type": 0, "value_not_in_text": 0, "unchangeable": 0}
@@ -137,9 +137,9 @@ def test_a_name_is_replaced_by_an_answer_to_a_question_asked_the_same_way(tmp_pa
     ws.ingest([data])
     items = [QAItem(f"q{i}", q, [a], [f"p{i}"]) for i, (q, a) in enumerate(rows)]
     for seed in range(6):
-        edits, _ = plan_edits(ws, items[:1], 1, seed=seed, others=items)
+        edits, _ = plan_edits(ws, items[:1], 1, seed=seed, question_set=items)
         assert [e.new for e in edits] == ["Donald Turner"]  # a person for a person, not a place of the same shape
-        edits, _ = plan_edits(ws, items[4:], 1, seed=seed, others=items)
+        edits, _ = plan_edits(ws, items[4:], 1, seed=seed, question_set=items)
         assert edits[0].new in {"Colonel Monckton", "Donald Turner", "Prospect Park", "Fort Duquesne"}  # no other "which"
 
 

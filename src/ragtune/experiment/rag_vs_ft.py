@@ -179,10 +179,10 @@ def fact_kind(answer: str) -> str:
     return "number" if digits else "name" if caps in ("first", "all") else "phrase"
 
 
-def plan_edits(ws, test: list, n: int, seed: int, others: list | tuple = ()) -> tuple[list[Edit], dict[str, int]]:
+def plan_edits(ws, test: list, n: int, seed: int, question_set: list | tuple = ()) -> tuple[list[Edit], dict[str, int]]:
     """Up to ``n`` test questions whose answer occurs in their gold document's text, in a file type that
     can be edited (text, markdown, HTML, JSON records), with the value each gets (``changed_value``: an
-    answer of ``others``, the question set, to a question asked the same way (``asks``: a person's name
+    answer in ``question_set`` (QA items) to a question asked the same way (``asks``: a person's name
     for another person's) when one fits, else any of its answers that fits); the test questions that
     cannot be edited, counted by reason.
     Edits of a number or a name come first (``fact_kind`` of the value changed), each kind in a seeded order."""
@@ -194,10 +194,10 @@ def plan_edits(ws, test: list, n: int, seed: int, others: list | tuple = ()) -> 
     skipped = dict.fromkeys(["no_document", "file_type", "value_not_in_text", "unchangeable"], 0)
     texts: dict[str, dict[str, str]] = {}
     edits: list[Edit] = []
-    every: list[str] = [a for o in others for a in o.answers]
+    every: list[str] = [a for q in question_set for a in q.answers]
     by_ask: dict[str, list[str]] = defaultdict(list)
-    for o in others:
-        by_ask[asks(o.question)] += o.answers
+    for q in question_set:
+        by_ask[asks(q.question)] += q.answers
     for it in test:
         doc = next((d for d in sources if it.doc_ids and gold_doc(d, it.doc_ids)), None)
         if doc is None:
@@ -555,7 +555,7 @@ def _answered_right(ws, run_id: str | None) -> set[str]:
     return {row["id"] for _, row in read_jsonl(path) if row.get("contains")}
 
 
-def _freshness(ws, folder: Path, test: list, others: list, views: dict, right: dict[str, set[str]], progress,
+def _freshness(ws, folder: Path, test: list, question_set: list, views: dict, right: dict[str, set[str]], progress,
                log) -> dict[str, Any]:
     from ragtune.evaluate.answers import contains
     from ragtune.evaluate.qa_eval import evaluate_qa, workspace_answerer
@@ -563,7 +563,7 @@ def _freshness(ws, folder: Path, test: list, others: list, views: dict, right: d
     n = ws.config.compare.fresh_questions
     if n == 0:
         return {"questions": 0, "reason": "[compare] fresh_questions = 0"}
-    edits, skipped = plan_edits(ws, test, n, ws.config.compare.seed, others)
+    edits, skipped = plan_edits(ws, test, n, ws.config.compare.seed, question_set)
     files, edits = write_edited(ws, edits, folder / "edited")
     if not edits:
         log(f"freshness: no test answer could be changed in its document ({skipped}); not measured")
