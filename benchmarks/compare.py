@@ -87,7 +87,7 @@ def main() -> None:
     started, stamp = time.perf_counter(), utc_stamp()
     work = (args.work or Path(tempfile.mkdtemp(prefix="ragtune-compare-"))).resolve()
     ws = workspace(args.squad, work, args)
-    qa = questions(args.squad, args.paragraphs, ws.root / ("qa.jsonl" if args.id == "bench" else f"qa-{args.id}.jsonl"))
+    qa = questions(args.squad, args.paragraphs, ws.root / f"qa-{args.id}.jsonl")  # a resumed comparison checks its content
     state = run_compare(ws, qa, compare_id=args.id, log=console.print)
     figures = arm_figures(state)
     res = {"dataset": "squad-shared-half", "id": args.id, "paragraphs": args.paragraphs, "index": ws.stats().__dict__,
